@@ -1,0 +1,210 @@
+"""`saga` command line: parse arguments, call the library, print. No logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from saga.errors import SagaError
+
+DATASETS = ["cub", "cars", "aircraft", "inat_aves", "folder", "synth"]
+
+
+def _write_json(obj: dict, path: str | None) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(obj, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------- data
+def cmd_data_info(args: argparse.Namespace) -> int:
+    from saga.data import load_dataset
+
+    ds = load_dataset(args.dataset, args.root, split_file=args.split_file)
+    info = ds.info()
+    if args.json:
+        print(json.dumps(info))
+    else:
+        for side in ("train", "test"):
+            print(f"{side:5s}  classes {info[side]['classes']:6d}  images {info[side]['images']:8d}")
+    return 0
+
+
+# ---------------------------------------------------------------- eval / embed
+def cmd_embed(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from saga.data import load_dataset
+    from saga.models.embed import embed_split
+
+    split = getattr(load_dataset(args.dataset, args.root), args.split)
+    res = embed_split(
+        args.backbone, split, image_size=args.image_size, batch_size=args.batch_size,
+        device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+    )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    np.savez(args.out, embeddings=res.embeddings, labels=res.labels, paths=np.array(res.paths))
+    print(f"wrote {args.out}: {res.embeddings.shape[0]} x {res.embeddings.shape[1]}  "
+          f"({res.images_per_s:.1f} images/s)")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from saga.eval import evaluate
+    from saga.eval.report import format_table
+
+    if args.embeddings:
+        with np.load(args.embeddings) as f:
+            if "embeddings" not in f or "labels" not in f:
+                raise SystemExit(f"{args.embeddings}: needs arrays 'embeddings' and 'labels', has {sorted(f.files)}")
+            emb, labels = f["embeddings"], f["labels"]
+        name = Path(args.embeddings).stem
+    else:
+        if not (args.backbone and args.dataset and args.root):
+            raise SystemExit("saga eval: give --embeddings FILE.npz, or --backbone, --dataset and --root")
+        from saga.data import load_dataset
+        from saga.models.embed import embed_split
+
+        split = getattr(load_dataset(args.dataset, args.root), args.split)
+        res = embed_split(
+            args.backbone, split, image_size=args.image_size, batch_size=args.batch_size,
+            device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+        )
+        emb, labels, name = res.embeddings, res.labels, "pre-trained backbone"
+        print(f"embedded {len(labels)} images at {res.images_per_s:.1f} images/s")
+    metrics = evaluate(emb, labels, backend=args.backend, seed=args.seed)
+    print(format_table({name: metrics}))
+    _write_json(metrics, args.json)
+    return 0
+
+
+# ---------------------------------------------------------------- synthetic world
+def cmd_synth(args: argparse.Namespace) -> int:
+    from saga.data.synth import generate_world
+
+    out = generate_world(args.out, num_classes=args.classes, images_per_class=args.images_per_class,
+                         size=args.size, seed=args.seed, preview=args.preview, workers=args.workers)
+    print(f"wrote the synthetic world to {out}")
+    return 0
+
+
+# ---------------------------------------------------------------- judge
+def cmd_judge_pretrain(args: argparse.Namespace) -> int:
+    from saga.judge.pretrain import pretrain_judge
+
+    summary = pretrain_judge(args.out, preset=args.preset, seed=args.seed, device=args.device,
+                             steps=args.steps)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_judge_eval(args: argparse.Namespace) -> int:
+    from saga.judge.evaluate import evaluate_judge
+
+    res = evaluate_judge(args.judge, dataset=args.dataset, root=args.root, split=args.split,
+                         pairs=args.pairs, seed=args.seed, device=args.device)
+    for k, v in res.items():
+        print(f"{k:32s} {v:.4f}" if isinstance(v, float) else f"{k:32s} {v}")
+    _write_json(res, args.json)
+    return 0
+
+
+# ---------------------------------------------------------------- training
+def cmd_train(args: argparse.Namespace) -> int:
+    from saga.config import load_config
+    from saga.train import train
+
+    cfg = load_config(args.config, args.overrides)
+    result = train(cfg, resume=args.resume)
+    print(json.dumps(result["test_metrics"], indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="saga", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def backbone_args(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--backbone", help="Hugging Face hub id or local path of a Qwen3-VL / Qwen2.5-VL checkpoint")
+        q.add_argument("--dataset", choices=DATASETS)
+        q.add_argument("--root", help="dataset root folder")
+        q.add_argument("--split", default="test", choices=["train", "test"])
+        q.add_argument("--image-size", type=int, default=224, help="images are resized to this many pixels a side")
+        q.add_argument("--batch-size", type=int, default=32)
+        q.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
+        q.add_argument("--dtype", default="auto", help="float32, bfloat16 or auto (bf16 on GPU, fp32 on CPU)")
+        q.add_argument("--trust-remote-code", action="store_true", help="allow custom model code (off by default)")
+
+    data = sub.add_parser("data", help="dataset utilities").add_subparsers(dest="data_command", required=True)
+    q = data.add_parser("info", help="class and image counts of the zero-shot train/test split")
+    q.add_argument("--dataset", required=True, choices=DATASETS)
+    q.add_argument("--root", required=True)
+    q.add_argument("--split-file", help="folder datasets: file listing train classes, one per line")
+    q.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    q.set_defaults(func=cmd_data_info)
+
+    q = sub.add_parser("embed", help="embed a dataset split with a backbone (mean pooling)")
+    backbone_args(q)
+    q.add_argument("--out", required=True, help="output .npz with embeddings, labels, paths")
+    q.set_defaults(func=cmd_embed)
+
+    q = sub.add_parser("eval", help="zero-shot retrieval metrics from embeddings or a backbone")
+    q.add_argument("--embeddings", help=".npz with 'embeddings' (N x D) and 'labels' (N)")
+    backbone_args(q)
+    q.add_argument("--backend", default="torch", choices=["torch", "faiss"], help="kNN backend")
+    q.add_argument("--seed", type=int, default=0, help="k-means seed for NMI")
+    q.add_argument("--json", help="write the metrics to this JSON file")
+    q.set_defaults(func=cmd_eval)
+
+    q = sub.add_parser("synth", help="render the synthetic attribute world (CUB_200_2011 layout)")
+    q.add_argument("--out", required=True)
+    q.add_argument("--classes", type=int, default=200)
+    q.add_argument("--images-per-class", type=int, default=60)
+    q.add_argument("--size", type=int, default=128, help="image side in pixels")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--preview", action="store_true", help="also write a contact sheet of one family")
+    q.add_argument("--workers", type=int, default=0, help="processes (0: one per core)")
+    q.set_defaults(func=cmd_synth)
+
+    judge = sub.add_parser("judge", help="the frozen MLLM judge").add_subparsers(dest="judge_command", required=True)
+    q = judge.add_parser("pretrain", help="build and pretrain a small Qwen3-VL judge on random attribute pairs")
+    q.add_argument("--out", required=True)
+    q.add_argument("--preset", default="tiny", choices=["tiny", "small"])
+    q.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--device", default="auto")
+    q.set_defaults(func=cmd_judge_pretrain)
+    q = judge.add_parser("eval", help="verdict accuracy of a judge on pairs of a dataset split")
+    q.add_argument("--judge", required=True, help="judge directory or hub id")
+    q.add_argument("--dataset", default="synth", choices=DATASETS)
+    q.add_argument("--root", required=True)
+    q.add_argument("--split", default="test", choices=["train", "test"])
+    q.add_argument("--pairs", type=int, default=200)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--device", default="auto")
+    q.add_argument("--json", help="write the results to this JSON file")
+    q.set_defaults(func=cmd_judge_eval)
+
+    q = sub.add_parser("train", help="train an encoder (saga, proxy_anchor, potential_field)")
+    q.add_argument("--config", required=True, help="YAML config file")
+    q.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-5 method=proxy_anchor")
+    q.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+    q.set_defaults(func=cmd_train)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, SagaError) as e:  # bad input: say what and where, no traceback
+        print(f"saga: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

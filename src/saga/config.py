@@ -1,0 +1,221 @@
+"""Typed run configuration: dataclasses loaded from YAML, with dotted command-line overrides.
+
+Every field carries a one-line help (``metadata["help"]``); ``saga train --config X --print-config`` shows the
+resolved values. Unknown keys and values of the wrong type are errors that name the key and the file, so a typo
+never silently falls back to a default. The values the paper leaves unstated (REFERENCE.md §1) are fields here,
+with the choice made written in the presets under ``configs/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from saga.errors import ConfigError
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field with a help line (mutable defaults go through default_factory)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class DataConfig:
+    dataset: str = _f("synth", "dataset name: cub, cars, aircraft, inat_aves, folder, synth")
+    root: str = _f("data/synth", "dataset root folder")
+    split_file: str | None = _f(None, "folder datasets: file listing the train classes")
+    image_size: int = _f(64, "images are resized to this many pixels a side before the processor")
+    num_workers: int = _f(0, "DataLoader worker processes")
+
+
+@dataclass
+class ModelConfig:
+    judge: str = _f("", "frozen MLLM judge: hub id (e.g. Qwen/Qwen3-VL-8B-Instruct) or local directory")
+    backbone: str | None = _f(None, "encoder initialisation; None = the judge's own vision tower (paper setting)")
+    pooler: str = _f("auto", "mean, attention, or auto (attention for saga, mean for the baselines, as in the paper)")
+    embed_dim: int | None = _f(None, "output projection of the pooler; None = keep the LLM width")
+    dtype: str = _f("auto", "float32, bfloat16 or auto (bf16 on GPU, fp32 on CPU)")
+    attn_implementation: str = _f("sdpa", "judge attention kernel; attention targets come from hooks, not eager")
+    gradient_checkpointing: bool = _f(False, "recompute the judge's activations in the backward pass to save memory")
+    trust_remote_code: bool = _f(False, "allow custom model code from the checkpoint (off: never by default)")
+
+
+@dataclass
+class GRPOConfig:
+    num_generations: int = _f(8, "G: completions sampled per image pair")
+    pairs_per_step: int = _f(4, "image pairs judged per optimiser step")
+    max_completion_length: int = _f(64, "completion tokens sampled at most")
+    temperature: float = _f(1.0, "sampling temperature of the rollouts")
+    top_p: float = _f(1.0, "nucleus sampling threshold of the rollouts")
+    scale_rewards: str = _f("group", "advantage scaling: group, batch or none (Dr. GRPO)")
+    loss_type: str = _f("grpo", "token aggregation: grpo, bnpo, dr_grpo or dapo")
+    beta: float = _f(0.0, "weight of the k3 KL to the initial encoder (0: no reference pass)")
+    epsilon_low: float = _f(0.2, "lower PPO clip range")
+    epsilon_high: float = _f(0.2, "upper PPO clip range")
+    same_fraction: float = _f(0.5, "share of same-class pairs")
+    hard_negative_fraction: float = _f(0.5, "share of different-class pairs mined from the current embeddings")
+    hard_negative_refresh: int = _f(100, "steps between re-embedding the train split for hard-negative mining")
+    log_completions_every: int = _f(50, "steps between sample-completion tables in the log")
+
+
+@dataclass
+class AttentionConfig:
+    layers: list[int] = _f([-1], "judge LLM layers whose attention to image tokens is the KL target")
+
+
+@dataclass
+class DMLConfig:
+    loss: str = _f("proxy_anchor", "metric loss on the pooled embedding: proxy_anchor or potential_field")
+    batch_size: int = _f(32, "images per metric-learning batch")
+    m_per_class: int = _f(4, "images per class in a metric-learning batch")
+    margin: float = _f(0.1, "Proxy Anchor delta")
+    alpha: float = _f(32.0, "Proxy Anchor alpha / Potential Field exponent")
+    proxies_per_class: int = _f(15, "Potential Field proxies per class")
+
+
+@dataclass
+class LossWeights:
+    grpo: float = _f(1.0, "weight of L_GRPO")
+    kl: float = _f(1.0, "weight of L_KL (attention alignment)")
+    dml: float = _f(1.0, "weight of L_DML")
+
+
+@dataclass
+class OptimConfig:
+    steps: int = _f(200, "optimiser steps")
+    lr_encoder: float = _f(1e-5, "learning rate of the vision encoder")
+    lr_pooler: float = _f(1e-4, "learning rate of the pooler")
+    lr_proxies_mult: float = _f(100.0, "proxy learning rate = lr_encoder x this (Proxy Anchor practice)")
+    weight_decay: float = _f(1e-4, "AdamW weight decay (not on proxies, norms, biases)")
+    warmup_steps: int = _f(0, "linear warm-up steps")
+    grad_clip: float = _f(1.0, "max gradient norm; 0 disables clipping")
+
+
+@dataclass
+class TrainConfig:
+    method: str = _f("saga", "saga, proxy_anchor or potential_field")
+    seed: int = _f(0, "seed of every random number generator")
+    out_dir: str = _f("runs/default", "run directory: config, metrics.jsonl, TensorBoard events, checkpoints")
+    device: str = _f("auto", "cpu, cuda or auto")
+    log_every: int = _f(10, "steps between metric log lines")
+    eval_every: int = _f(0, "steps between test-split evaluations (0: only at the end)")
+    checkpoint_every: int = _f(50, "steps between checkpoints")
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "dataset"})
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "judge, encoder and pooler"})
+    grpo: GRPOConfig = field(default_factory=GRPOConfig, metadata={"help": "L_GRPO rollouts and aggregation"})
+    attention: AttentionConfig = field(default_factory=AttentionConfig, metadata={"help": "L_KL targets"})
+    dml: DMLConfig = field(default_factory=DMLConfig, metadata={"help": "L_DML"})
+    weights: LossWeights = field(default_factory=LossWeights, metadata={"help": "loss weights"})
+    optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "optimiser"})
+
+
+# ---------------------------------------------------------------- loading and overriding
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check (and gently convert) a YAML value against a field's annotated type."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0])
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool) and type(value) is tp:
+        return value
+    if tp is float and isinstance(value, str):  # YAML reads "1e-5" as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise ConfigError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def _from_dict(cls: type, data: dict, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        key = f"{where}.{name}" if where else name
+        kwargs[name] = _from_dict(tp, value, key) if dataclasses.is_dataclass(tp) else _coerce(value, tp, key)
+    return cls(**kwargs)
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted}: {p} is not a section")
+    node[leaf] = value
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
+    """Read a YAML file, apply ``key.sub=value`` overrides (values parsed as YAML), validate every key and type."""
+    data: dict = {}
+    src = "defaults"
+    if path is not None:
+        src = str(path)
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    for ov in overrides:
+        if "=" not in ov:
+            raise ConfigError(f"override {ov!r}: expected key.sub=value")
+        key, raw = ov.split("=", 1)
+        _set_dotted(data, key.strip(), yaml.safe_load(raw))
+    try:
+        return _from_dict(TrainConfig, data, "")
+    except ConfigError as e:
+        raise ConfigError(f"{src}: {str(e).lstrip('.')}") from None
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_config(cfg: TrainConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def describe(cls: type = TrainConfig, prefix: str = "") -> list[str]:
+    """One line per field: dotted key, default, help. Used by `saga train --print-config`."""
+    lines = []
+    for f in dataclasses.fields(cls):
+        tp = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(tp):
+            lines += describe(tp, f"{prefix}{f.name}.")
+        else:
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            lines.append(f"{prefix}{f.name} = {default!r}  # {f.metadata.get('help', '')}")
+    return lines

@@ -1,0 +1,100 @@
+"""The pair prompt, the comparison format and the verdict parser: one module for every judge.
+
+The synthetic judge is pretrained on exactly these texts, and the SAGA trainer uses the same prompt with the real
+Qwen3-VL, so a verdict means the same thing everywhere. The paper does not publish its prompt (REFERENCE.md §1); this
+one asks for an attribute-by-attribute comparison followed by a final verdict line, which is what makes the GRPO
+gradient attribute-level: the comparison tokens are conditioned on both images' tokens.
+
+Parsing is tolerant (case, punctuation, markdown, extra text) and never raises: an answer without a verdict is
+``None``, which the reward counts as wrong and the logs count as a parse failure.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+PAIR_PROMPT = (
+    "Image A and image B each show a {subject}. Compare their attributes one by one, "
+    "then decide whether they belong to the same {category}. "
+    "Finish with the line 'Answer: same' or 'Answer: different'."
+)
+
+# Dataset name -> (subject, category) used in the prompt.
+SUBJECTS: dict[str, tuple[str, str]] = {
+    "cub": ("bird", "species"),
+    "synth": ("bird", "species"),
+    "inat_aves": ("bird", "species"),
+    "cars": ("car", "make, model and year"),
+    "aircraft": ("aircraft", "variant"),
+    "folder": ("object", "class"),
+}
+
+SAME, DIFFERENT = "same", "different"
+
+
+def pair_prompt(dataset: str = "synth") -> str:
+    subject, category = SUBJECTS.get(dataset, SUBJECTS["folder"])
+    return PAIR_PROMPT.format(subject=subject, category=category)
+
+
+def pair_messages(dataset: str = "synth") -> list[dict]:
+    """Chat messages for one pair: image A, image B, then the instruction (transformers chat-template format)."""
+    return [{"role": "user", "content": [
+        {"type": "text", "text": "A:"}, {"type": "image"},
+        {"type": "text", "text": "B:"}, {"type": "image"},
+        {"type": "text", "text": pair_prompt(dataset)},
+    ]}]
+
+
+def format_comparison(attrs_a: Mapping[str, str], attrs_b: Mapping[str, str], same: bool) -> str:
+    """The target answer of the synthetic judge: one line per attribute, then the verdict.
+
+    ``wing: blue / green`` lists image A's value, then image B's. Attribute names and values use underscores
+    for spaces so that each stays one word.
+    """
+    lines = [f"{name}: {attrs_a[name]} / {attrs_b[name]}" for name in attrs_a]
+    lines.append(f"Answer: {SAME if same else DIFFERENT}")
+    return "\n".join(lines)
+
+
+_LINE = re.compile(r"^\W*([a-z_]+)\s*:\s*([a-z_]+)\s*/\s*([a-z_]+)\W*$")
+
+
+def parse_comparison(text: str) -> dict[str, tuple[str, str]]:
+    """Attribute lines of an answer -> {name: (value_a, value_b)}; lines that do not parse are skipped."""
+    out = {}
+    for line in text.lower().splitlines():
+        m = _LINE.match(line.strip())
+        if m and m.group(1) != "answer":
+            out[m.group(1)] = (m.group(2), m.group(3))
+    return out
+
+
+_ANSWER = re.compile(r"answer\W*(same|different|differ|not\s+the\s+same|yes|no)\b")
+_NEGATED_SAME = re.compile(r"not\s+(?:the\s+)?same")
+
+
+def parse_verdict(text: str) -> bool | None:
+    """True = same class, False = different, None = no verdict found.
+
+    The last ``Answer: ...`` wins (a model may restate itself). Without that marker, the last line that mentions
+    exactly one of same / different decides; 'not the same' reads as different. 'yes' / 'no' after 'Answer'
+    answer the question 'same class?'.
+    """
+    t = text.lower().replace("*", " ")
+    found = _ANSWER.findall(t)
+    if found:
+        word = found[-1]
+        return word in (SAME, "yes")
+    for line in reversed(t.splitlines()):
+        line = _NEGATED_SAME.sub(DIFFERENT, line)
+        has_same, has_diff = SAME in line, ("differ" in line)
+        if has_same != has_diff:
+            return has_same
+    return None
+
+
+def verdict_reward(verdict: bool | None, same: bool) -> float:
+    """GRPO reward (REFERENCE.md §1): 1 for a correct verdict, 0 for a wrong or missing one."""
+    return 1.0 if verdict is not None and verdict == same else 0.0

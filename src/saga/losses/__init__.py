@@ -1,0 +1,40 @@
+"""SAGA's training losses, each returning a dict of named terms (see `saga.losses.base`).
+
+    L_GRPO  grpo.group_advantages + grpo.grpo_loss       policy gradient through the frozen judge
+    L_KL    attention_kl.attention_kl                    pooler attention towards the judge's
+    L_DML   build_dml_loss("proxy_anchor" | "potential_field", ...)   metric learning on the pooled embedding
+
+The DML loss is the one users choose by name in the config, hence the registry below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from saga.errors import ConfigError
+from saga.losses.attention_kl import attention_kl
+from saga.losses.base import LossTerms, loss_terms
+from saga.losses.dml import ProxyLoss
+from saga.losses.grpo import group_advantages, grpo_loss, kl_k3
+from saga.losses.potential_field import PotentialField
+from saga.losses.proxy_anchor import ProxyAnchor
+
+DML_LOSSES: dict[str, type[ProxyLoss]] = {"proxy_anchor": ProxyAnchor, "potential_field": PotentialField}
+
+
+def build_dml_loss(
+    name: str, num_classes: int, embedding_size: int, *, class_ids: Sequence[int] | None = None, **kwargs
+) -> ProxyLoss:
+    """The DML loss called `name`; kwargs are that loss's own options (margin, alpha, num_proxies_per_class...)."""
+    if name not in DML_LOSSES:
+        raise ConfigError(f"unknown DML loss {name!r}: choose one of {', '.join(sorted(DML_LOSSES))}")
+    try:
+        return DML_LOSSES[name](num_classes, embedding_size, class_ids=class_ids, **kwargs)
+    except TypeError as err:  # an option the chosen loss does not have
+        raise ConfigError(f"DML loss {name!r}: {err}") from None
+
+
+__all__ = [
+    "DML_LOSSES", "LossTerms", "PotentialField", "ProxyAnchor", "ProxyLoss", "attention_kl", "build_dml_loss",
+    "group_advantages", "grpo_loss", "kl_k3", "loss_terms",
+]

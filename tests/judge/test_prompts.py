@@ -1,0 +1,46 @@
+import pytest
+
+from saga.judge.prompts import (format_comparison, pair_messages, pair_prompt, parse_comparison, parse_verdict,
+                                verdict_reward)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("body: red / red\nAnswer: same", True),
+    ("answer: DIFFERENT.", False),
+    ("**Answer:** Same!", True),
+    ("They look alike.\nANSWER - different, because the crest differs", False),
+    ("Answer: same\nWait, let me check again.\nAnswer: different", False),  # the last verdict wins
+    ("Answer: yes", True),
+    ("Answer: no", False),
+    ("The two birds are not the same species.", False),
+    ("These are the same species", True),
+    ("Both are different species", False),
+    ("", None),
+    ("the crest is tall", None),
+    ("same crest but different bill", None),  # ambiguous line, no marker
+    ("<|image_pad|><|im_end|>", None),
+])
+def test_parse_verdict(text, expected):
+    assert parse_verdict(text) is expected
+
+
+def test_reward_counts_unparseable_as_wrong():
+    assert verdict_reward(True, True) == 1.0
+    assert verdict_reward(False, True) == 0.0
+    assert verdict_reward(None, True) == 0.0 and verdict_reward(None, False) == 0.0
+
+
+def test_comparison_round_trip():
+    a = {"body": "red", "crest": "tall"}
+    b = {"body": "red", "crest": "none"}
+    text = format_comparison(a, b, same=False)
+    assert text == "body: red / red\ncrest: tall / none\nAnswer: different"
+    assert parse_comparison(text) == {"body": ("red", "red"), "crest": ("tall", "none")}
+    assert parse_verdict(text) is False
+    assert parse_comparison("Body: Red / RED.\ngarbage line\n") == {"body": ("red", "red")}
+
+
+def test_prompt_names_the_subject():
+    assert "car" in pair_prompt("cars") and "bird" in pair_prompt("cub")
+    content = pair_messages("synth")[0]["content"]
+    assert [c["type"] for c in content].count("image") == 2

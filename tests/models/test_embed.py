@@ -1,0 +1,111 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from saga.cli import main
+from saga.data.base import Split, load_image
+from saga.errors import DataError
+from saga.models import AttentionPooler, ImagePreprocessor, MeanPooler, VisionEncoder, embed_split, load_vlm
+
+
+@pytest.fixture(scope="module")
+def folder_dataset(tmp_path_factory):
+    """4 classes x 3 images of 48 px in the folder layout: classes c0, c1 train, c2, c3 test."""
+    root = tmp_path_factory.mktemp("folder_ds")
+    rng = np.random.default_rng(0)
+    for c in range(4):
+        (root / f"c{c}").mkdir()
+        for i in range(3):
+            pixels = rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / f"c{c}" / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def split(folder_dataset):
+    paths = sorted(folder_dataset.glob("c[23]/*.png"))
+    return Split("test", paths, np.array([2, 2, 2, 3, 3, 3]), {2: "c2", 3: "c3"})
+
+
+@pytest.fixture(scope="module")
+def vlm(tiny_vlm_dir):
+    return load_vlm(tiny_vlm_dir, device="cpu")
+
+
+def _one_by_one(encoder, pooler, processor, split, image_size):
+    """The reference: each image alone through encoder and pooler, then L2-normalised."""
+    pre = ImagePreprocessor(processor, image_size)
+    rows = []
+    with torch.no_grad():
+        for path in split.paths:
+            inputs = pre([load_image(path)])
+            tokens, mask = encoder(inputs["pixel_values"], inputs["image_grid_thw"]).padded()
+            rows.append(F.normalize(pooler(tokens, mask).embedding, dim=-1)[0])
+    return torch.stack(rows).numpy()
+
+
+def test_backbone_embeddings_are_normalised_mean_pooled_tokens(tiny_vlm_dir, split, vlm):
+    res = embed_split(tiny_vlm_dir, split, image_size=64, batch_size=4, device="cpu")
+    width = vlm[0].config.text_config.hidden_size
+    assert res.embeddings.shape == (6, width) and res.embeddings.dtype == np.float32
+    assert np.allclose(np.linalg.norm(res.embeddings, axis=1), 1, atol=1e-5)
+    assert res.labels.tolist() == [2, 2, 2, 3, 3, 3] and res.labels.dtype == np.int64
+    assert res.paths == [str(p) for p in split.paths]
+    assert res.images_per_s > 0
+    encoder = VisionEncoder.from_vlm(vlm[0])
+    reference = _one_by_one(encoder, MeanPooler(), vlm[1], split, 64)  # MeanPooler is checked by hand elsewhere
+    np.testing.assert_allclose(res.embeddings, reference, atol=1e-5)
+
+
+def test_trained_encoder_and_pooler_path(split, vlm):
+    model, processor = vlm
+    encoder = VisionEncoder.from_vlm(model).train()
+    torch.manual_seed(0)
+    pooler = AttentionPooler(encoder.out_dim, num_heads=2, embed_dim=16).train()
+    torch.nn.init.normal_(pooler.query)
+    res = embed_split(None, split, image_size=128, batch_size=5, encoder=encoder, pooler=pooler,
+                      processor=processor)
+    assert res.embeddings.shape == (6, 16)
+    assert encoder.training and pooler.training  # modes restored
+    reference = _one_by_one(encoder.eval(), pooler.eval(), processor, split, 128)
+    np.testing.assert_allclose(res.embeddings, reference, atol=1e-5)
+
+
+def test_needs_a_backbone_or_encoder_and_processor(split, vlm):
+    with pytest.raises(ValueError, match="backbone"):
+        embed_split(None, split, encoder=VisionEncoder.from_vlm(vlm[0]))
+
+
+def test_empty_split_and_missing_image(tmp_path, tiny_vlm_dir):
+    with pytest.raises(DataError, match="no images"):
+        embed_split(tiny_vlm_dir, Split("test", [], np.array([]), {}), device="cpu")
+    broken = Split("test", [tmp_path / "gone.png"], np.array([0]), {0: "a"})
+    with pytest.raises(DataError, match="gone.png"):
+        embed_split(tiny_vlm_dir, broken, image_size=64, device="cpu")
+
+
+def test_cli_embed(tiny_vlm_dir, folder_dataset, tmp_path, capsys):
+    out = tmp_path / "emb" / "test.npz"
+    code = main(["embed", "--backbone", str(tiny_vlm_dir), "--dataset", "folder", "--root", str(folder_dataset),
+                 "--image-size", "64", "--batch-size", "4", "--device", "cpu", "--out", str(out)])
+    assert code == 0 and "6 x 128" in capsys.readouterr().out
+    with np.load(out) as f:
+        assert f["embeddings"].shape == (6, 128) and f["labels"].tolist() == [2, 2, 2, 3, 3, 3]
+        assert len(f["paths"]) == 6
+
+
+def test_cli_eval_backbone(tiny_vlm_dir, folder_dataset, tmp_path, capsys):
+    metrics = tmp_path / "metrics.json"
+    code = main(["eval", "--backbone", str(tiny_vlm_dir), "--dataset", "folder", "--root", str(folder_dataset),
+                 "--image-size", "64", "--device", "cpu", "--json", str(metrics)])
+    printed = capsys.readouterr().out
+    assert code == 0 and "embedded 6 images" in printed and "R@1" in printed
+    assert metrics.is_file()
+
+
+def test_cli_reports_a_bad_backbone(folder_dataset, tmp_path, capsys):
+    code = main(["embed", "--backbone", str(tmp_path / "missing"), "--dataset", "folder", "--root",
+                 str(folder_dataset), "--device", "cpu", "--out", str(tmp_path / "x.npz")])
+    assert code == 2 and "no such model directory" in capsys.readouterr().err
