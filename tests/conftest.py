@@ -5,6 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+
+# Test tensors are tiny: one thread avoids OpenMP start-up and contention overhead that dominates them.
+torch.set_num_threads(1)
 
 # Texts the tiny tokenizer is trained on: the chat scaffolding and judge-like answers get merged tokens.
 TINY_CORPUS = [

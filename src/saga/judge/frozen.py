@@ -1,0 +1,79 @@
+"""The frozen multimodal judge of SAGA: a Qwen-VL model that never trains, read through the encoder's tokens.
+
+REFERENCE.md section 1: the MLLM is frozen throughout and dropped at inference; its role is to turn the encoder's
+image tokens into completions (`rollout`), per-token log-probs whose gradient reaches the encoder (`score`) and
+attention targets (`score(..., attention_layers=...)`). Freezing is by `requires_grad=False` on every parameter,
+never by writing through `.data`, so autograd still carries gradient through the judge into its inputs.
+
+Mode (REFERENCE.md section 3): gradient checkpointing only runs on modules in train mode, and a frozen LLM in eval
+mode keeps every layer's activations for the backward pass. With checkpointing on, the judge is kept in train mode
+(Qwen-VL's attention dropout is 0, so its outputs do not change); without it, in eval mode. `rollout` switches to
+eval mode for `generate` only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from saga.judge.rollout import Rollout, rollout
+from saga.judge.scoring import Scores, score
+from saga.models import EncoderOutput, enable_activation_checkpointing, load_vlm
+
+
+class FrozenJudge:
+    """A frozen Qwen-VL judge. Not an nn.Module on purpose: its parameters never reach an optimizer.
+
+    dataset: the dataset name that picks the prompt's subject (`saga.judge.prompts.pair_prompt`).
+    """
+
+    def __init__(self, model: nn.Module, processor, *, gradient_checkpointing: bool = False,
+                 dataset: str = "synth") -> None:
+        self.model = model.requires_grad_(False)
+        self.processor = processor
+        self.dataset = dataset
+        self.gradient_checkpointing = gradient_checkpointing
+        if gradient_checkpointing:
+            enable_activation_checkpointing(model)
+        model.train(gradient_checkpointing)
+
+    @classmethod
+    def load(cls, id_or_path: str | Path, *, device: str = "auto", dtype: str | torch.dtype = "auto",
+             attn_implementation: str = "sdpa", gradient_checkpointing: bool = False,
+             trust_remote_code: bool = False, dataset: str = "synth") -> FrozenJudge:
+        """Load a Qwen3-VL / Qwen2.5-VL checkpoint (hub id or directory) as a frozen judge (see `load_vlm`)."""
+        model, processor = load_vlm(id_or_path, device=device, dtype=dtype, attn_implementation=attn_implementation,
+                                    trust_remote_code=trust_remote_code)
+        return cls(model, processor, gradient_checkpointing=gradient_checkpointing, dataset=dataset)
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def vision_tower(self) -> nn.Module:
+        """The judge's own tower, e.g. for `VisionEncoder.from_vlm`-style initialisation of the trainable encoder."""
+        return self.model.model.visual
+
+    def assert_frozen(self) -> None:
+        """Raise RuntimeError if any judge parameter requires grad (e.g. an optimizer was given the judge's)."""
+        trainable = [name for name, p in self.model.named_parameters() if p.requires_grad]
+        if trainable:
+            raise RuntimeError(f"the judge must stay frozen, but {len(trainable)} parameters require grad: "
+                               f"{trainable[:5]}")
+
+    def rollout(self, enc_out: EncoderOutput, *, num_generations: int = 8, max_new_tokens: int = 128,
+                temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None) -> Rollout:
+        """G sampled completions per pair of `enc_out` (2P images a0, b0, a1, b1, ...); see `saga.judge.rollout`."""
+        return rollout(self, enc_out, num_generations=num_generations, max_new_tokens=max_new_tokens,
+                       temperature=temperature, top_p=top_p, seed=seed)
+
+    def score(self, enc_out: EncoderOutput, rollout: Rollout, *, attention_layers: list[int] | None = None,
+              entropies: bool = False) -> Scores:
+        """Teacher-forced log-probs of `rollout`'s completions (+ attention targets); see `saga.judge.scoring`."""
+        return score(self, enc_out, rollout, attention_layers=attention_layers, entropies=entropies)

@@ -1,0 +1,165 @@
+"""Rollouts: G sampled completions per image pair from the frozen judge, reading the encoder's tokens.
+
+DESIGN.md, "Data flow of one SAGA step": `judge.rollout(tokens.detach(), G)`. What keeps it fast at 8B scale:
+
+- one `generate` call for all P pairs x G completions (decoding at batch 8 is far from the memory-bandwidth limit,
+  REFERENCE.md section 3, so a larger batch is nearly free);
+- the vision tower never runs here: the encoder's per-image outputs are shared by the G completions of a pair by
+  indexing (`EncoderOutput.take`), and the judge reads them through `saga.models.vision_inputs`;
+- the image tokens are detached: sampling needs no gradient, `score` re-reads them with gradient.
+
+Each pair's prompt is the judge's chat template applied to `pair_messages(dataset)`, with each image's single
+`<|image_pad|>` expanded to as many as the image has tokens (grid_h * grid_w / merge_size^2, from grid_thw), as the
+processor itself does for PIL images. Prompts of different lengths (images of different sizes) are left-padded, so
+every completion starts at the same column `prompt_length`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from saga.judge.prompts import pair_messages, parse_verdict
+from saga.models import EncoderOutput, vision_inputs, vision_token_ids
+
+if TYPE_CHECKING:
+    from saga.judge.frozen import FrozenJudge
+
+# Both end a Qwen turn; Qwen3-VL's own generation config stops at either.
+STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
+
+
+@dataclass
+class Rollout:
+    """N = P * G sequences; sequence n belongs to pair n // G (images 2p and 2p + 1 of the encoder batch).
+
+    input_ids / attention_mask: (N, L) prompt (left-padded to prompt_length) + completion (right-padded).
+    completion_ids / completion_mask: (N, Lc), Lc = L - prompt_length; the mask is True up to and including the
+        first stop token (or everywhere, for a completion cut at max_new_tokens).
+    texts: decoded completions (special tokens dropped); verdicts: `parse_verdict` of each text.
+    pair_of: (N,) long, the pair of each sequence.
+    """
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    completion_ids: Tensor
+    completion_mask: Tensor
+    texts: list[str]
+    verdicts: list[bool | None]
+    prompt_length: int
+    pair_of: Tensor
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in STOP_TOKENS]
+    return [i for i in ids if i is not None and i != tokenizer.unk_token_id]
+
+
+def pair_feature_indices(pair_of: Tensor) -> list[int]:
+    """Encoder-batch indices of the images each sequence reads, in prompt order: [a, b] of its pair, per sequence."""
+    return [i for p in pair_of.tolist() for i in (2 * p, 2 * p + 1)]
+
+
+def prompt_batch(processor, grid_thw: Tensor, *, dataset: str = "synth") -> dict[str, Tensor]:
+    """Token ids of one prompt per pair (images 2p, 2p+1 of grid_thw), left-padded: {"input_ids", "attention_mask"}
+    of shape (P, prompt_length)."""
+    if len(grid_thw) % 2:
+        raise ValueError(f"the encoder batch has {len(grid_thw)} images; rollouts need pairs (a0, b0, a1, b1, ...)")
+    template = processor.apply_chat_template(pair_messages(dataset), add_generation_prompt=True, tokenize=False)
+    image_token = processor.image_token
+    if template.count(image_token) != 2:
+        raise ValueError(f"the chat template gave {template.count(image_token)} {image_token} for a pair prompt")
+    merge = processor.image_processor.merge_size
+    counts = (grid_thw.prod(-1) // merge**2).tolist()
+    texts = []
+    for p in range(len(counts) // 2):
+        head, middle, tail = template.split(image_token)
+        texts.append(head + image_token * counts[2 * p] + middle + image_token * counts[2 * p + 1] + tail)
+    return processor.tokenizer(texts, padding=True, padding_side="left", add_special_tokens=False,
+                               return_tensors="pt")
+
+
+def completion_mask(completion_ids: Tensor, stop_ids: Sequence[int]) -> Tensor:
+    """(N, Lc) bool: True up to and including the first stop token of each row; all True where none occurs."""
+    is_stop = torch.isin(completion_ids, torch.tensor(list(stop_ids), device=completion_ids.device))
+    length = completion_ids.shape[1]
+    first = torch.where(is_stop.any(1), is_stop.int().argmax(1), length - 1)
+    return torch.arange(length, device=completion_ids.device)[None, :] <= first[:, None]
+
+
+def assemble(tokenizer, prompt: dict[str, Tensor], completion_ids: Tensor, num_generations: int) -> Rollout:
+    """A Rollout from P prompts (`prompt_batch`) and P * G completions (sequence n continues prompt n // G)."""
+    groups = len(prompt["input_ids"])
+    if len(completion_ids) != groups * num_generations:
+        raise ValueError(f"{len(completion_ids)} completions for {groups} prompts x {num_generations} generations")
+    device = completion_ids.device
+    pair_of = torch.arange(groups, device=device).repeat_interleave(num_generations)
+    mask = completion_mask(completion_ids, stop_token_ids(tokenizer))
+    texts = [tokenizer.decode(ids[keep], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+             for ids, keep in zip(completion_ids, mask, strict=True)]
+    prompt_ids = prompt["input_ids"].to(device)[pair_of]
+    prompt_mask = prompt["attention_mask"].to(device)[pair_of]
+    return Rollout(
+        input_ids=torch.cat([prompt_ids, completion_ids], dim=1),
+        attention_mask=torch.cat([prompt_mask, mask.to(prompt_mask.dtype)], dim=1),
+        completion_ids=completion_ids,
+        completion_mask=mask,
+        texts=texts,
+        verdicts=[parse_verdict(t) for t in texts],
+        prompt_length=prompt_ids.shape[1],
+        pair_of=pair_of,
+    )
+
+
+def detached(enc_out: EncoderOutput) -> EncoderOutput:
+    """The same features cut from the autograd graph (sampling needs no gradient)."""
+    def cut(per_image):
+        return tuple(t.detach() for t in per_image)
+
+    return EncoderOutput(cut(enc_out.tokens), cut(enc_out.patches), tuple(cut(level) for level in enc_out.deepstack),
+                         enc_out.grid_thw, enc_out.output_cls)
+
+
+def rollout(judge: FrozenJudge, enc_out: EncoderOutput, *, num_generations: int = 8, max_new_tokens: int = 128,
+            temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None) -> Rollout:
+    """Sample `num_generations` completions for each pair of `enc_out` (2P images ordered a0, b0, a1, b1, ...).
+
+    Sampling is plain temperature + nucleus sampling: top_k and repetition penalties that a checkpoint's generation
+    config may set are switched off, so completions come from the judge's own distribution (GRPO samples from the
+    policy it scores, REFERENCE.md section 2). With `seed`, the result is reproducible and the global RNG state
+    is left as it was.
+    """
+    model, tokenizer = judge.model, judge.tokenizer
+    device = next(model.parameters()).device
+    prompt = prompt_batch(judge.processor, enc_out.grid_thw, dataset=judge.dataset)
+    pair_of = torch.arange(len(prompt["input_ids"])).repeat_interleave(num_generations)
+    features = detached(enc_out).take(pair_feature_indices(pair_of))
+    input_ids = prompt["input_ids"].to(device)[pair_of.to(device)]
+    attention_mask = prompt["attention_mask"].to(device)[pair_of.to(device)]
+    stop_ids = stop_token_ids(tokenizer)
+    generation = dict(
+        do_sample=True, temperature=temperature, top_p=top_p, top_k=0, repetition_penalty=1.0,
+        max_new_tokens=max_new_tokens, eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id,
+        suppress_tokens=vision_token_ids(tokenizer),  # a sampled <|image_pad|> breaks the re-forward (REF. sec. 3)
+    )
+    # Generation needs no activations for backward; in train mode a checkpointed model would also drop the KV
+    # cache (transformers turns use_cache off under gradient checkpointing).
+    was_training = model.training
+    model.eval()
+    try:
+        with (torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+              vision_inputs(model, features) as extra):
+            if seed is not None:
+                torch.manual_seed(seed)
+            sequences = model.generate(
+                input_ids=input_ids, attention_mask=attention_mask,
+                mm_token_type_ids=(input_ids == model.config.image_token_id).int(),
+                image_grid_thw=features.grid_thw.to(device), **extra, **generation,
+            )
+    finally:
+        model.train(was_training)
+    return assemble(tokenizer, prompt, sequences[:, input_ids.shape[1]:], num_generations)
