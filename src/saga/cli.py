@@ -52,16 +52,11 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from saga.eval import evaluate
+    from saga.eval import evaluate, load_embeddings
     from saga.eval.report import format_table
 
     if args.embeddings:
-        with np.load(args.embeddings) as f:
-            if "embeddings" not in f or "labels" not in f:
-                raise SystemExit(f"{args.embeddings}: needs arrays 'embeddings' and 'labels', has {sorted(f.files)}")
-            emb, labels = f["embeddings"], f["labels"]
+        emb, labels = load_embeddings(args.embeddings)
         name = Path(args.embeddings).stem
     else:
         if not (args.backbone and args.dataset and args.root):
@@ -76,7 +71,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
         emb, labels, name = res.embeddings, res.labels, "pre-trained backbone"
         print(f"embedded {len(labels)} images at {res.images_per_s:.1f} images/s")
-    metrics = evaluate(emb, labels, backend=args.backend, seed=args.seed)
+    try:
+        metrics = evaluate(emb, labels, backend=args.backend, seed=args.seed)
+    except SagaError as e:  # say which file held the bad embeddings
+        raise type(e)(f"{args.embeddings or name}: {e}") from None
     print(format_table({name: metrics}))
     _write_json(metrics, args.json)
     return 0
