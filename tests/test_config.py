@@ -44,3 +44,35 @@ def test_dump_round_trip_and_every_field_has_help(tmp_path):
     lines = describe(TrainConfig)
     assert any(line.startswith("grpo.num_generations = 8") for line in lines)
     assert all(line.split("#", 1)[1].strip() for line in lines)
+
+
+def test_base_composition_merges_sections_relative_to_the_file(tmp_path):
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "root.yaml").write_text("seed: 1\noptim:\n  steps: 5\n  lr_encoder: 2e-5\n"
+                                                   "attention:\n  layers: [0, 1]\n")
+    (tmp_path / "shared" / "mid.yaml").write_text("base: root.yaml\nseed: 2\noptim:\n  steps: 6\n")
+    (tmp_path / "run.yaml").write_text("base: shared/mid.yaml\noptim:\n  warmup_steps: 3\nattention:\n  layers: [4]\n")
+    cfg = load_config(tmp_path / "run.yaml", ["optim.steps=7"])
+    assert cfg.seed == 2  # the child wins over its base
+    assert (cfg.optim.steps, cfg.optim.lr_encoder, cfg.optim.warmup_steps) == (7, 2e-5, 3)  # sections merge
+    assert cfg.attention.layers == [4]  # lists are replaced, not concatenated
+
+
+def test_base_errors_name_the_files(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: base .*missing\.yaml: config file not found"):
+        load_config(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("base: [a.yaml]\n")
+    with pytest.raises(ConfigError, match="base: expected a file path"):
+        load_config(tmp_path / "d.yaml")
+
+
+def test_names_are_checked_at_load_time():
+    with pytest.raises(ConfigError, match=r"method: 'sag' is not one of \['saga'"):
+        load_config(None, ["method=sag"])
+    with pytest.raises(ConfigError, match="grpo.loss_type"):
+        load_config(None, ["grpo.loss_type=ppo"])

@@ -1,9 +1,13 @@
 """Typed run configuration: dataclasses loaded from YAML, with dotted command-line overrides.
 
-Every field carries a one-line help (``metadata["help"]``); ``saga train --config X --print-config`` shows the
-resolved values. Unknown keys and values of the wrong type are errors that name the key and the file, so a typo
-never silently falls back to a default. The values the paper leaves unstated (REFERENCE.md §1) are fields here,
-with the choice made written in the presets under ``configs/``.
+Every field carries a one-line help (``metadata["help"]``; `describe()` lists them). Unknown keys and values of
+the wrong type are errors that name the key and the file, so a typo never silently falls back to a default. The
+values the paper leaves unstated (REFERENCE.md §1) are fields here, with the choice made written in the presets
+under ``configs/``.
+
+Composition: a YAML file may name a parent with ``base: path.yaml`` (relative to the file). The parent is loaded
+first (it may have its own ``base``) and the file's keys are merged over it, section by section; lists and scalars
+are replaced, not merged. Overrides from the command line apply last.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class DataConfig:
     split_file: str | None = _f(None, "folder datasets: file listing the train classes")
     image_size: int = _f(64, "images are resized to this many pixels a side before the processor")
     num_workers: int = _f(0, "DataLoader worker processes")
+    eval_batch_size: int = _f(64, "images per batch when embedding the test split")
 
 
 @dataclass
@@ -41,10 +46,13 @@ class ModelConfig:
     judge: str = _f("", "frozen MLLM judge: hub id (e.g. Qwen/Qwen3-VL-8B-Instruct) or local directory")
     backbone: str | None = _f(None, "encoder initialisation; None = the judge's own vision tower (paper setting)")
     pooler: str = _f("auto", "mean, attention, or auto (attention for saga, mean for the baselines, as in the paper)")
+    pooler_heads: int = _f(1, "attention pooler heads (their weights are averaged into one distribution)")
     embed_dim: int | None = _f(None, "output projection of the pooler; None = keep the LLM width")
-    dtype: str = _f("auto", "float32, bfloat16 or auto (bf16 on GPU, fp32 on CPU)")
+    dtype: str = _f("auto", "judge dtype: float32, bfloat16 or auto (bf16 on GPU, fp32 on CPU)")
+    encoder_dtype: str = _f("float32", "trainable encoder dtype (fp32 master weights beside a bf16 judge)")
     attn_implementation: str = _f("sdpa", "judge attention kernel; attention targets come from hooks, not eager")
     gradient_checkpointing: bool = _f(False, "recompute the judge's activations in the backward pass to save memory")
+    encoder_gradient_checkpointing: bool = _f(False, "recompute the encoder's activations in backward (memory)")
     trust_remote_code: bool = _f(False, "allow custom model code from the checkpoint (off: never by default)")
 
 
@@ -61,24 +69,25 @@ class GRPOConfig:
     epsilon_low: float = _f(0.2, "lower PPO clip range")
     epsilon_high: float = _f(0.2, "upper PPO clip range")
     same_fraction: float = _f(0.5, "share of same-class pairs")
-    hard_negative_fraction: float = _f(0.5, "share of different-class pairs mined from the current embeddings")
-    hard_negative_refresh: int = _f(100, "steps between re-embedding the train split for hard-negative mining")
-    log_completions_every: int = _f(50, "steps between sample-completion tables in the log")
+    hard_negative_fraction: float = _f(0.5, "share of different-class pairs that are in-batch hardest negatives")
+    log_completions_every: int = _f(50, "steps between sample-completion tables in the log (0: never)")
 
 
 @dataclass
 class AttentionConfig:
     layers: list[int] = _f([-1], "judge LLM layers whose attention to image tokens is the KL target")
+    direction: str = _f("forward", "forward = KL(judge || pooler), reverse = KL(pooler || judge)")
 
 
 @dataclass
 class DMLConfig:
-    loss: str = _f("proxy_anchor", "metric loss on the pooled embedding: proxy_anchor or potential_field")
-    batch_size: int = _f(32, "images per metric-learning batch")
-    m_per_class: int = _f(4, "images per class in a metric-learning batch")
-    margin: float = _f(0.1, "Proxy Anchor delta")
-    alpha: float = _f(32.0, "Proxy Anchor alpha / Potential Field exponent")
-    proxies_per_class: int = _f(15, "Potential Field proxies per class")
+    loss: str = _f("auto", "proxy_anchor, potential_field, or auto (the baseline's own; proxy_anchor for saga)")
+    batch_size: int = _f(32, "images per step (m-per-class batch); the SAGA pairs are drawn from it")
+    m_per_class: int = _f(4, "images per class in a batch")
+    margin: float | None = _f(None, "Proxy Anchor delta; None = its default 0.1")
+    alpha: float | None = _f(None, "Proxy Anchor alpha (default 32) / Potential Field exponent (default 1)")
+    proxies_per_class: int | None = _f(None, "Potential Field proxies per class; None = its default 15")
+    radius: float | None = _f(None, "Potential Field repulsion radius; None = its default 1.0")
 
 
 @dataclass
@@ -95,7 +104,7 @@ class OptimConfig:
     lr_pooler: float = _f(1e-4, "learning rate of the pooler")
     lr_proxies_mult: float = _f(100.0, "proxy learning rate = lr_encoder x this (Proxy Anchor practice)")
     weight_decay: float = _f(1e-4, "AdamW weight decay (not on proxies, norms, biases)")
-    warmup_steps: int = _f(0, "linear warm-up steps")
+    warmup_steps: int = _f(0, "linear warm-up steps (then constant learning rates)")
     grad_clip: float = _f(1.0, "max gradient norm; 0 disables clipping")
 
 
@@ -105,9 +114,10 @@ class TrainConfig:
     seed: int = _f(0, "seed of every random number generator")
     out_dir: str = _f("runs/default", "run directory: config, metrics.jsonl, TensorBoard events, checkpoints")
     device: str = _f("auto", "cpu, cuda or auto")
-    log_every: int = _f(10, "steps between metric log lines")
+    log_every: int = _f(10, "steps between metric log lines (0: only the last step)")
     eval_every: int = _f(0, "steps between test-split evaluations (0: only at the end)")
-    checkpoint_every: int = _f(50, "steps between checkpoints")
+    checkpoint_every: int = _f(50, "steps between checkpoints (0: only at the end)")
+    keep_checkpoints: int = _f(3, "complete checkpoints kept (older ones are deleted)")
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "dataset"})
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "judge, encoder and pooler"})
     grpo: GRPOConfig = field(default_factory=GRPOConfig, metadata={"help": "L_GRPO rollouts and aggregation"})
@@ -177,27 +187,75 @@ def _set_dotted(data: dict, dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+def _merge(parent: dict, child: dict) -> dict:
+    """child over parent; sections (dicts) merge key by key, everything else is replaced."""
+    out = dict(parent)
+    for key, value in child.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """A config file with its `base:` ancestors merged in (paths relative to the file naming them)."""
+    path = path.resolve()
+    if path in chain:
+        raise ConfigError(f"{chain[-1]}: base {path} forms a cycle")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        where = f"{chain[-1]}: base " if chain else ""
+        raise ConfigError(f"{where}{path}: config file not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base: expected a file path, got {base!r}")
+    return _merge(_read_yaml(path.parent / base, (*chain, path)), data)
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
-    """Read a YAML file, apply ``key.sub=value`` overrides (values parsed as YAML), validate every key and type."""
+    """Read a YAML file (and its `base:` chain), apply ``key.sub=value`` overrides (values parsed as YAML),
+    validate every key and type."""
     data: dict = {}
     src = "defaults"
     if path is not None:
         src = str(path)
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        data = _read_yaml(Path(path))
     for ov in overrides:
         if "=" not in ov:
             raise ConfigError(f"override {ov!r}: expected key.sub=value")
         key, raw = ov.split("=", 1)
         _set_dotted(data, key.strip(), yaml.safe_load(raw))
     try:
-        return _from_dict(TrainConfig, data, "")
+        cfg = _from_dict(TrainConfig, data, "")
+        _check_choices(cfg)
     except ConfigError as e:
         raise ConfigError(f"{src}: {str(e).lstrip('.')}") from None
+    return cfg
+
+
+# Fields whose value is one of a few names: checked at load time, so a typo fails before any model is loaded.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "method": ("saga", "proxy_anchor", "potential_field"),
+    "model.pooler": ("auto", "mean", "attention"),
+    "dml.loss": ("auto", "proxy_anchor", "potential_field"),
+    "grpo.scale_rewards": ("group", "batch", "none"),
+    "grpo.loss_type": ("grpo", "bnpo", "dr_grpo", "dapo"),
+    "attention.direction": ("forward", "reverse"),
+}
+
+
+def _check_choices(cfg: TrainConfig) -> None:
+    for dotted, allowed in CHOICES.items():
+        value: Any = cfg
+        for part in dotted.split("."):
+            value = getattr(value, part)
+        if value not in allowed:
+            raise ConfigError(f"{dotted}: {value!r} is not one of {list(allowed)}")
 
 
 def to_dict(cfg: Any) -> dict:

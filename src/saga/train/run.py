@@ -1,0 +1,108 @@
+"""`train(cfg, resume)`: one training run, from its run directory to the test metrics and the exported model.
+
+The run directory (cfg.out_dir) ends up holding:
+    config.yaml          the resolved config (rerun with `saga train --config <run>/config.yaml`)
+    environment.json     library versions, platform, git commit (saga.utils.environment)
+    metrics.jsonl        one line per logged step; test/* lines at evaluations
+    completions.jsonl    sample completions of the judge with their pairs (SAGA)
+    tensorboard/         the same metrics as TensorBoard events
+    checkpoints/         ckpt-XXXXXX/ folders and the `latest` pointer (saga.train.checkpoint)
+    test_metrics.json    the final zero-shot test metrics, keys as `saga eval --json`
+    export/              the deployable encoder + pooler (saga.train.export)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from saga.config import TrainConfig, dump_config, to_dict
+from saga.data import load_dataset
+from saga.data.base import Split
+from saga.errors import CheckpointError, ConfigError
+from saga.eval import evaluate
+from saga.models import embed_split
+from saga.train.checkpoint import (complete_checkpoints, config_differences, latest_checkpoint, load_checkpoint,
+                                   read_state)
+from saga.train.export import export_model
+from saga.train.logger import COMPLETIONS, METRICS, RunLogger
+from saga.train.loop import run_loop
+from saga.train.setup import Parts, build_parts
+from saga.utils import environment, resolve_device, seed_everything
+
+# Outputs of an earlier attempt that never reached a checkpoint: a fresh run replaces them.
+_RUN_OUTPUTS = (METRICS, COMPLETIONS, "tensorboard", "test_metrics.json", "export")
+
+
+def _checkpoint_to_resume(cfg: TrainConfig, run_dir: Path, resume: bool) -> Path | None:
+    """The checkpoint --resume continues from (None for a fresh run), after checking the config matches."""
+    ckpt_dir = run_dir / "checkpoints"
+    if not resume:
+        if complete_checkpoints(ckpt_dir):
+            raise ConfigError(f"{run_dir}: holds checkpoints of an earlier run; pass --resume to continue it, or "
+                              "choose another out_dir")
+        return None
+    ckpt = latest_checkpoint(ckpt_dir)
+    if ckpt is None:
+        raise CheckpointError(f"{ckpt_dir}: no complete checkpoint to resume from")
+    state = read_state(ckpt)
+    differences = config_differences(state["config"], to_dict(cfg))
+    if differences:
+        raise ConfigError(f"{ckpt}: --resume with a config that differs from the run's (only optim.steps may "
+                          "change): " + "; ".join(differences))
+    if state["step"] > cfg.optim.steps:
+        raise ConfigError(f"{ckpt}: the run is at step {state['step']}, past optim.steps={cfg.optim.steps}")
+    return ckpt
+
+
+def evaluate_test_split(parts: Parts, test: Split, cfg: TrainConfig) -> dict[str, float]:
+    """Zero-shot retrieval metrics of the current encoder + pooler on the test split (REFERENCE.md section 5)."""
+    res = embed_split(None, test, image_size=cfg.data.image_size, batch_size=cfg.data.eval_batch_size,
+                      encoder=parts.encoder, pooler=parts.pooler, processor=parts.processor,
+                      num_workers=cfg.data.num_workers)
+    return evaluate(res.embeddings, res.labels, seed=cfg.seed)
+
+
+def train(cfg: TrainConfig, resume: bool = False, *, on_step: Callable[[int], None] | None = None) -> dict:
+    """Train `cfg.method` and return {"test_metrics": {...}, "run_dir": ..., "steps": ...}.
+
+    resume: continue from the last complete checkpoint of cfg.out_dir; the result is the same as that of an
+    uninterrupted run (bit-identical on CPU). on_step(step) is called after every completed step (after its
+    checkpoint, if any); an exception raised there stops the run as a crash would (used by the tests).
+    """
+    run_dir = Path(cfg.out_dir)
+    ckpt = _checkpoint_to_resume(cfg, run_dir, resume)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if ckpt is None:
+        for name in _RUN_OUTPUTS:
+            target = run_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+    dump_config(cfg, run_dir / "config.yaml")
+    (run_dir / "environment.json").write_text(json.dumps(environment(), indent=2) + "\n")
+
+    seed_everything(cfg.seed)  # pooler initialisation draws from torch's global generator
+    device = resolve_device(cfg.device)
+    data = load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.split_file)
+    parts = build_parts(cfg, data.train, device)
+    start = load_checkpoint(ckpt, parts.trainable(), parts.optimizer)["step"] if ckpt else 0
+
+    logger = RunLogger(run_dir, resume_step=start if ckpt else None)
+    try:
+        if cfg.eval_every and start == 0:  # the starting point, for the curves
+            logger.log(0, {f"test/{k}": v for k, v in evaluate_test_split(parts, data.test, cfg).items()})
+        run_loop(cfg, parts, data.train, logger, start=start, on_step=on_step,
+                 evaluate=lambda: evaluate_test_split(parts, data.test, cfg))
+        metrics = evaluate_test_split(parts, data.test, cfg)
+        logger.log(cfg.optim.steps, {f"test/{k}": v for k, v in metrics.items()})
+    finally:
+        logger.close()
+    (run_dir / "test_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    export_model(run_dir / "export", parts.encoder, parts.pooler, parts.preprocessor,
+                 {"method": cfg.method, "dataset": cfg.data.dataset, "steps": cfg.optim.steps,
+                  "test_metrics": metrics})
+    return {"test_metrics": metrics, "run_dir": str(run_dir), "steps": cfg.optim.steps}

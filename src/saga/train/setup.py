@@ -1,0 +1,153 @@
+"""Everything a training run holds, built from the config: judge, encoder, pooler, DML loss, optimizer.
+
+The paper's setting (REFERENCE.md section 1): every method starts from the judge's own vision tower (Qwen3-VL-8B),
+the baselines pool by mean and train with their DML loss only, SAGA adds an attention pooler and the judge's two
+signals. The judge is loaded only for SAGA; the baselines read just the tower's tensors from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from saga.config import TrainConfig
+from saga.data.base import Split
+from saga.errors import ConfigError
+from saga.losses import ProxyLoss, build_dml_loss
+from saga.models import (ImagePreprocessor, VisionEncoder, build_pooler, enable_activation_checkpointing,
+                         load_processor)
+from saga.utils import resolve_dtype
+
+
+def pooler_name(cfg: TrainConfig) -> str:
+    """"auto": attention for SAGA (its weights are what L_KL aligns), mean for the baselines (as in the paper)."""
+    if cfg.model.pooler != "auto":
+        return cfg.model.pooler
+    return "attention" if cfg.method == "saga" else "mean"
+
+
+def dml_name(cfg: TrainConfig) -> str:
+    """"auto": the baseline's own loss; Proxy Anchor for SAGA (the paper does not say which; ours)."""
+    if cfg.method != "saga":
+        if cfg.dml.loss not in ("auto", cfg.method):
+            raise ConfigError(f"method {cfg.method!r} trains with its own loss; dml.loss={cfg.dml.loss!r} conflicts "
+                              "(leave it 'auto')")
+        return cfg.method
+    return "proxy_anchor" if cfg.dml.loss == "auto" else cfg.dml.loss
+
+
+@dataclass
+class Parts:
+    """The models and the optimizer of a run. judge / reference are None when the method does not use them."""
+
+    encoder: VisionEncoder
+    pooler: nn.Module
+    dml_loss: ProxyLoss
+    optimizer: torch.optim.AdamW
+    preprocessor: ImagePreprocessor
+    processor: object
+    judge: object | None = None  # saga.judge.frozen.FrozenJudge
+    reference: VisionEncoder | None = None  # frozen copy of the initial encoder, for GRPO's k3 KL (beta > 0)
+
+    def trainable(self) -> dict[str, nn.Module]:
+        """The modules a checkpoint saves, by file name."""
+        return {"encoder": self.encoder, "pooler": self.pooler, "loss": self.dml_loss}
+
+
+def param_groups(cfg: TrainConfig, encoder: nn.Module, pooler: nn.Module, dml_loss: ProxyLoss) -> list[dict]:
+    """Named AdamW groups: encoder and pooler (each split into decayed matrices and undecayed norms / biases, the
+    usual AdamW practice), and the proxies at lr_encoder x lr_proxies_mult without decay (Proxy Anchor trains
+    its proxies 100x faster than the backbone, REFERENCE.md section 4). `base_lr` is what warm-up scales."""
+    o = cfg.optim
+    groups = []
+    for name, module, lr in (("encoder", encoder, o.lr_encoder), ("pooler", pooler, o.lr_pooler)):
+        params = [p for p in module.parameters() if p.requires_grad]
+        groups.append({"name": name, "params": [p for p in params if p.ndim >= 2], "weight_decay": o.weight_decay,
+                       "base_lr": lr})
+        groups.append({"name": f"{name}_no_decay", "params": [p for p in params if p.ndim < 2], "weight_decay": 0.0,
+                       "base_lr": lr})
+    proxies = list(dml_loss.proxy_parameters())
+    if {id(p) for p in dml_loss.parameters()} != {id(p) for p in proxies}:
+        raise ValueError("the DML loss has parameters besides its proxies; they would not be trained")
+    groups.append({"name": "proxies", "params": proxies, "weight_decay": 0.0,
+                   "base_lr": o.lr_encoder * o.lr_proxies_mult})
+    return [dict(g, lr=g["base_lr"]) for g in groups if g["params"]]
+
+
+def lr_factor(step: int, warmup_steps: int) -> float:
+    """Linear warm-up from 1 / warmup_steps to 1 over the first `warmup_steps` steps, then constant."""
+    return min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+
+
+def build_parts(cfg: TrainConfig, train_split: Split, device: torch.device) -> Parts:
+    """Load the judge (SAGA) or only the tower (baselines), then build pooler, loss and optimizer on `device`."""
+    if not cfg.model.judge and (cfg.method == "saga" or cfg.model.backbone is None):
+        raise ConfigError("model.judge is not set: give the judge's hub id or local directory")
+    enc_dtype = resolve_dtype(cfg.model.encoder_dtype, device)
+    judge = None
+    if cfg.method == "saga":
+        from saga.judge.frozen import FrozenJudge
+
+        judge = FrozenJudge.load(cfg.model.judge, device=str(device), dtype=cfg.model.dtype,
+                                 attn_implementation=cfg.model.attn_implementation,
+                                 gradient_checkpointing=cfg.model.gradient_checkpointing,
+                                 trust_remote_code=cfg.model.trust_remote_code, dataset=cfg.data.dataset)
+        processor = judge.processor  # the judge reads the encoder's tokens: same patch grid as its own tower
+    else:
+        processor = load_processor(cfg.model.backbone or cfg.model.judge, trust_remote_code=cfg.model.trust_remote_code)
+    if cfg.model.backbone is None and judge is not None:
+        encoder = VisionEncoder.from_vlm(judge.model, dtype=enc_dtype, attn_implementation="sdpa")
+    else:
+        encoder = VisionEncoder.from_pretrained(cfg.model.backbone or cfg.model.judge, device=str(device),
+                                                dtype=enc_dtype)
+    encoder.to(device).train()
+    if judge is not None:
+        _check_compatible(encoder, judge.model)
+    if cfg.model.encoder_gradient_checkpointing:
+        enable_activation_checkpointing(encoder.tower)
+
+    name = pooler_name(cfg)
+    if name == "mean" and cfg.method == "saga" and cfg.weights.kl > 0:
+        raise ConfigError("L_KL aligns the pooler's attention: use model.pooler=attention, or weights.kl=0")
+    pooler = build_pooler(name, encoder.out_dim, num_heads=cfg.model.pooler_heads,
+                          embed_dim=cfg.model.embed_dim).to(device)
+    d = cfg.dml
+    options = {"margin": d.margin, "alpha": d.alpha, "num_proxies_per_class": d.proxies_per_class, "radius": d.radius}
+    dml_loss = build_dml_loss(dml_name(cfg), train_split.num_classes, cfg.model.embed_dim or encoder.out_dim,
+                              class_ids=sorted(train_split.class_names), seed=cfg.seed,
+                              **{k: v for k, v in options.items() if v is not None}).to(device)
+    optimizer = torch.optim.AdamW(param_groups(cfg, encoder, pooler, dml_loss))
+
+    reference = None
+    if judge is not None and cfg.grpo.beta > 0:
+        # GRPO's KL anchor is the initial policy (REFERENCE.md section 2); here the policy is the encoder.
+        reference = copy.deepcopy(encoder).requires_grad_(False).eval()
+    parts = Parts(encoder, pooler, dml_loss, optimizer, ImagePreprocessor(processor, cfg.data.image_size),
+                  processor, judge, reference)
+    assert_frozen_judge(parts)
+    return parts
+
+
+def _check_compatible(encoder: VisionEncoder, judge_model: nn.Module) -> None:
+    """A tower from model.backbone must emit tokens the judge can read: same width and the same patch grid."""
+    vision, text = judge_model.config.vision_config, judge_model.config.text_config
+    mine = encoder.tower.config
+    if (encoder.out_dim, mine.patch_size, mine.spatial_merge_size) != (
+            text.hidden_size, vision.patch_size, vision.spatial_merge_size):
+        raise ConfigError(f"model.backbone's tower (width {encoder.out_dim}, patch {mine.patch_size}, merge "
+                          f"{mine.spatial_merge_size}) cannot feed the judge (width {text.hidden_size}, patch "
+                          f"{vision.patch_size}, merge {vision.spatial_merge_size})")
+
+
+def assert_frozen_judge(parts: Parts) -> None:
+    """The judge has no trainable parameter and none of its parameters is in the optimizer (paper: frozen MLLM)."""
+    if parts.judge is None:
+        return
+    parts.judge.assert_frozen()
+    judge_ids = {id(p) for p in parts.judge.model.parameters()}
+    optimised = [p for g in parts.optimizer.param_groups for p in g["params"]]
+    if any(id(p) in judge_ids for p in optimised):
+        raise AssertionError("a judge parameter is in the optimizer; the judge must stay frozen")

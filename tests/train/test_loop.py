@@ -1,0 +1,116 @@
+import dataclasses
+
+import pytest
+import torch
+
+from saga.config import LossWeights
+from saga.data import ImageDataset, load_dataset
+from saga.train.batches import StepBatches
+from saga.train.loop import Batch, combine, dml_step, saga_step
+from saga.train.setup import build_parts
+
+
+def _setup(cfg):
+    split = load_dataset("synth", cfg.data.root).train
+    parts = build_parts(cfg, split, torch.device("cpu"))
+    ids = StepBatches(split.labels, m=cfg.dml.m_per_class, batch_size=cfg.dml.batch_size, seed=cfg.seed).batch(0)
+    images, labels = zip(*(ImageDataset(split)[i] for i in ids), strict=True)
+    batch = Batch(parts.preprocessor(images), torch.tensor(labels), [str(split.paths[i]) for i in ids])
+    return parts, batch
+
+
+def _mixed_verdicts(judge):
+    """A random tiny judge rarely states a verdict (all rewards 0, no GRPO gradient). Make every group of two hold
+    one correct and one wrong verdict, so that the advantages are +-1 and L_GRPO has a gradient."""
+    rollout = judge.rollout
+
+    def patched(enc_out, **kwargs):
+        r = rollout(enc_out, **kwargs)
+        return dataclasses.replace(r, verdicts=[bool(n % 2) for n in range(len(r.verdicts))])
+
+    judge.rollout = patched
+
+
+def _grads(loss, params):
+    return torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+
+
+def _nonzero(grads):
+    return [g is not None and bool(g.abs().sum() > 0) for g in grads]
+
+
+def test_combine_weights_and_flattens_every_term():
+    terms = {"grpo": {"loss": torch.tensor(2.0), "clip_ratio": torch.tensor(0.5)}, "dml": {"loss": torch.tensor(3.0)}}
+    loss, metrics = combine(terms, LossWeights(grpo=0.5, kl=9.0, dml=2.0))
+    assert float(loss) == 0.5 * 2.0 + 2.0 * 3.0
+    assert {k: float(v) for k, v in metrics.items()} == {"loss": 7.0, "grpo/loss": 2.0, "grpo/clip_ratio": 0.5,
+                                                          "dml/loss": 3.0}
+
+
+def test_saga_gradients_reach_only_encoder_pooler_and_proxies(tiny_config):
+    cfg = tiny_config("saga")
+    parts, batch = _setup(cfg)
+    _mixed_verdicts(parts.judge)
+    judge_before = {k: v.clone() for k, v in parts.judge.model.state_dict().items()}
+    encoder_before = [p.detach().clone() for p in parts.encoder.parameters()]
+
+    result = saga_step(parts, cfg, batch, 0)
+    assert set(result.terms) == {"grpo", "kl", "dml"}
+    assert float(result.stats["frac_reward_zero_std"]) == 0.0 and result.stats["verdict_accuracy"] == 0.5
+    assert len(result.completions) == 4 and {"image_a", "image_b", "same", "text", "reward"} <= set(
+        result.completions[0])
+
+    encoder, pooler = list(parts.encoder.parameters()), list(parts.pooler.parameters())
+    proxies = list(parts.dml_loss.proxy_parameters())
+    # Each term reaches what it should: L_GRPO the encoder only (through the judge), L_KL the pooler's query
+    # (the only pooler weight with a gradient while the query is zero, i.e. attention uniform), L_DML all three.
+    grpo = _grads(result.terms["grpo"]["loss"], encoder + pooler + proxies)
+    assert sum(_nonzero(grpo[:len(encoder)])) > len(encoder) // 2
+    assert all(g is None for g in grpo[len(encoder):])
+    kl = dict(zip([n for n, _ in parts.pooler.named_parameters()], _grads(result.terms["kl"]["loss"], pooler),
+                  strict=True))
+    assert _nonzero([kl["query"]]) == [True]
+    dml = _grads(result.terms["dml"]["loss"], encoder + proxies)
+    assert any(_nonzero(dml[:len(encoder)])) and all(_nonzero(dml[len(encoder):]))
+
+    loss, _ = combine(result.terms, cfg.weights)
+    parts.optimizer.zero_grad()
+    loss.backward()
+    assert all(p.grad is None for p in parts.judge.model.parameters())
+    parts.optimizer.step()
+    for name, value in parts.judge.model.state_dict().items():
+        assert torch.equal(value, judge_before[name]), name  # bit-identical
+    assert any(not torch.equal(p, q) for p, q in zip(parts.encoder.parameters(), encoder_before, strict=True))
+
+
+def test_beta_adds_the_k3_kl_to_the_initial_encoder(tiny_config):
+    cfg = tiny_config("saga", "grpo.beta=0.5")
+    parts, batch = _setup(cfg)
+    result = saga_step(parts, cfg, batch, 0)
+    # The encoder still equals its initial copy: the policy is the reference, so k3 = 0 exactly.
+    assert float(result.terms["grpo"]["kl"]) == pytest.approx(0.0, abs=1e-6)
+    with torch.no_grad():
+        next(parts.encoder.parameters()).add_(0.05)
+    assert float(saga_step(parts, cfg, batch, 0).terms["grpo"]["kl"]) > 1e-6
+
+
+def test_baseline_step_trains_encoder_and_proxies_with_the_dml_loss(tiny_config):
+    cfg = tiny_config("potential_field")
+    parts, batch = _setup(cfg)
+    result = dml_step(parts, cfg, batch, 0)
+    assert set(result.terms) == {"dml"} and not result.completions
+    result.terms["dml"]["loss"].backward()
+    assert any(_nonzero([p.grad for p in parts.encoder.parameters()]))
+    assert all(_nonzero([p.grad for p in parts.dml_loss.proxy_parameters()]))
+
+
+def test_encoder_activation_checkpointing_gives_the_same_gradients(tiny_config):
+    grads = []
+    for flag in ("false", "true"):
+        parts, batch = _setup(tiny_config("proxy_anchor", f"model.encoder_gradient_checkpointing={flag}"))
+        assert all(block.gradient_checkpointing == (flag == "true") for block in parts.encoder.tower.blocks)
+        dml_step(parts, tiny_config("proxy_anchor"), batch, 0).terms["dml"]["loss"].backward()
+        grads.append([p.grad for p in parts.encoder.parameters()])
+    # (DeepStack mergers get no gradient from the pooled embedding, with or without checkpointing)
+    assert all((a is None and b is None) or torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads, strict=True))
+    assert sum(g is not None for g in grads[1]) > len(grads[1]) // 2

@@ -1,0 +1,161 @@
+"""End to end: `saga train` on a tiny synthetic world with the tiny random judge (a few steps, CPU)."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from saga.cli import main
+from saga.config import load_config
+from saga.data import load_dataset
+from saga.errors import CheckpointError, ConfigError
+from saga.eval import evaluate
+from saga.judge import FrozenJudge
+from saga.models import embed_split, load_vlm
+from saga.train import load_trained, run, setup, train
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+METRIC_KEYS = {"R@1", "R@2", "R@4", "R@8", "MAP@R", "RP", "NMI"}
+
+
+@pytest.fixture
+def text_rewards(monkeypatch):
+    """A random tiny judge rarely states a verdict, so every reward would be 0. Read a verdict from the parity of
+    each completion's length instead: rewards then vary, and depend on what was sampled."""
+    rollout = FrozenJudge.rollout
+
+    def patched(self, enc_out, **kwargs):
+        r = rollout(self, enc_out, **kwargs)
+        return dataclasses.replace(r, verdicts=[len(t) % 2 == 0 for t in r.texts])
+
+    monkeypatch.setattr(FrozenJudge, "rollout", patched)
+
+
+def _lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_saga_train_command_end_to_end(tiny_overrides, tiny_vlm_dir, tmp_path, monkeypatch, capsys, text_rewards):
+    built = []
+    monkeypatch.setattr(run, "build_parts", lambda *a: built.append(setup.build_parts(*a)) or built[-1])
+    overrides = tiny_overrides("saga", "eval_every=2")
+    assert main(["train", "--config", str(CONFIGS / "synth" / "saga.yaml"), *overrides]) == 0
+    out = tmp_path / "run"
+
+    files = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and "tensorboard" not in p.parts}
+    assert files == {"config.yaml", "environment.json", "metrics.jsonl", "completions.jsonl", "test_metrics.json",
+                     "checkpoints/latest", "export/encoder.safetensors", "export/pooler.safetensors",
+                     "export/preprocessor_config.json", "export/saga_model.json"} | {
+        f"checkpoints/ckpt-00000{s}/{f}" for s in (2, 3) for f in (
+            "encoder.safetensors", "pooler.safetensors", "loss.safetensors", "optimizer.safetensors",
+            "optimizer.json", "rng.safetensors", "state.json")}
+    assert any((out / "tensorboard").glob("events.out.tfevents.*"))
+    cfg = load_config(CONFIGS / "synth" / "saga.yaml", overrides)
+    assert load_config(out / "config.yaml") == cfg
+    assert {"versions", "git_commit", "python"} <= set(json.loads((out / "environment.json").read_text()))
+
+    # metrics.jsonl: test metrics at 0, 2 and 3; every train step with each loss term and the GRPO diagnostics.
+    lines = _lines(out / "metrics.jsonl")
+    assert [(d["step"], "loss" in d) for d in lines] == [(0, False), (1, True), (2, True), (2, False), (3, True),
+                                                         (3, False)]
+    train_line = lines[1]
+    assert {"loss", "grpo/loss", "kl/loss", "dml/loss", "reward_mean", "frac_reward_zero_std", "verdict_accuracy",
+            "parse_failures", "grpo/completion_length", "lr/encoder", "lr/pooler", "lr/proxies", "grad_norm"} <= set(
+        train_line)
+    weights = cfg.weights
+    assert train_line["loss"] == pytest.approx(weights.grpo * train_line["grpo/loss"] + weights.kl *
+                                               train_line["kl/loss"] + weights.dml * train_line["dml/loss"], rel=1e-5)
+    assert train_line["verdict_accuracy"] == train_line["reward_mean"]  # 0/1 rewards
+    rows = _lines(out / "completions.jsonl")  # every step: 2 pairs x 2 completions
+    assert [r["step"] for r in rows] == [1] * 4 + [2] * 4 + [3] * 4
+    assert all(Path(r["image_a"]).is_file() and r["reward"] in (0.0, 1.0) for r in rows)
+
+    final = json.loads((out / "test_metrics.json").read_text())
+    assert set(final) == METRIC_KEYS and json.loads(capsys.readouterr().out) == final
+    assert {k: lines[-1][f"test/{k}"] for k in METRIC_KEYS} == final
+
+    # Trainable weights moved; the judge is bit-identical to its checkpoint on disk.
+    parts = built[0]
+    judge, _ = load_vlm(tiny_vlm_dir, device="cpu")
+    for name, value in judge.state_dict().items():
+        assert torch.equal(parts.judge.model.state_dict()[name], value), name
+    tower = judge.model.visual.state_dict()
+    assert any(not torch.equal(v, tower[k]) for k, v in parts.encoder.tower.state_dict().items())
+    assert parts.pooler.query.abs().sum() > 0  # starts at zero
+    # The exported encoder + pooler reproduce the reported test metrics.
+    encoder, pooler, preprocessor = load_trained(out / "export")
+    test = load_dataset("synth", cfg.data.root).test
+    res = embed_split(None, test, image_size=64, encoder=encoder, pooler=pooler,
+                      processor=preprocessor.image_processor)
+    assert evaluate(res.embeddings, res.labels, seed=cfg.seed) == pytest.approx(final, abs=1e-6)
+
+
+def test_baseline_train_command(tiny_overrides, tmp_path):
+    assert main(["train", "--config", str(CONFIGS / "synth" / "proxy_anchor.yaml"),
+                 *tiny_overrides("proxy_anchor")]) == 0
+    out = tmp_path / "run"
+    assert not (out / "completions.jsonl").exists()
+    lines = _lines(out / "metrics.jsonl")  # the preset evaluates at step 0
+    assert lines[0]["step"] == 0 and set(lines[0]) == {"step"} | {f"test/{k}" for k in METRIC_KEYS}
+    assert set(lines[1]) == {"step", "loss", "dml/loss", "dml/pos_sim", "dml/neg_sim",
+                                                     "grad_norm", "step_seconds", "lr/encoder",
+                                                     "lr/encoder_no_decay", "lr/proxies"}
+    assert json.loads((out / "export" / "saga_model.json").read_text())["pooler"]["name"] == "mean"
+
+
+class Crash(Exception):
+    pass
+
+
+def test_killed_run_resumes_to_the_same_weights(tiny_config, tmp_path, text_rewards):
+    full = train(tiny_config("saga", "optim.steps=4", f"out_dir={tmp_path / 'full'}"))
+    cfg = tiny_config("saga", "optim.steps=4", f"out_dir={tmp_path / 'killed'}")
+
+    def crash(step):
+        if step == 3:  # after the checkpoint of step 2 and one more update
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(cfg, on_step=crash)
+    killed = tmp_path / "killed"
+    assert (killed / "checkpoints" / "latest").read_text().strip() == "ckpt-000002"
+    leftover = killed / "checkpoints" / "ckpt-000004.tmp"  # as if killed while saving a later checkpoint
+    leftover.mkdir()
+    (leftover / "encoder.safetensors").write_bytes(b"partial")
+
+    resumed = train(cfg, resume=True)
+    assert resumed["test_metrics"] == full["test_metrics"]
+    for name in ("encoder", "pooler", "loss", "optimizer"):
+        a = load_file(tmp_path / "full" / "checkpoints" / "ckpt-000004" / f"{name}.safetensors")
+        b = load_file(killed / "checkpoints" / "ckpt-000004" / f"{name}.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name  # bit-identical
+    # The logs read as one run: the killed run's step-3 line was replaced, not duplicated.
+    def comparable(path):
+        return [{k: v for k, v in d.items() if k != "step_seconds"} for d in _lines(path)]
+
+    assert comparable(killed / "metrics.jsonl") == comparable(tmp_path / "full" / "metrics.jsonl")
+    assert _lines(killed / "completions.jsonl") == _lines(tmp_path / "full" / "completions.jsonl")
+
+
+def test_resume_errors(tiny_config, tiny_overrides, tmp_path, capsys):
+    cfg = tiny_config("proxy_anchor", "optim.steps=2")
+    with pytest.raises(CheckpointError, match="no complete checkpoint"):
+        train(cfg, resume=True)
+    train(cfg)
+    with pytest.raises(ConfigError, match="pass --resume"):
+        train(cfg)
+    with pytest.raises(ConfigError, match=r"dml.margin: None -> 0.2; optim.lr_encoder: 0.001 -> 0.002$"):
+        train(tiny_config("proxy_anchor", "optim.steps=2", "dml.margin=0.2", "optim.lr_encoder=2e-3"), resume=True)
+    # Through the command line: the same error, without a traceback.
+    assert main(["train", "--config", str(CONFIGS / "synth" / "proxy_anchor.yaml"), *tiny_overrides("proxy_anchor"),
+                 "seed=5", "--resume"]) == 2
+    assert "seed: 0 -> 5" in capsys.readouterr().err
+    # optim.steps may change: the run continues to the new end.
+    assert train(tiny_config("proxy_anchor", "optim.steps=3"), resume=True)["steps"] == 3
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["optim"]["steps"] == 3 and json.loads(
+        (tmp_path / "run" / "checkpoints" / "ckpt-000003" / "state.json").read_text())["step"] == 3
