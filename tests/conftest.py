@@ -26,3 +26,12 @@ def tiny_vlm_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_vlm")
     build_tiny_qwen3vl(out, preset="tiny", corpus=TINY_CORPUS, image_size=64, seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def synth_world(tmp_path_factory) -> Path:
+    """6 classes x 4 images of 64 px: classes 0-2 train (12 images), 3-5 test (12 images)."""
+    from saga.data.synth import generate_world
+
+    return generate_world(tmp_path_factory.mktemp("world"), num_classes=6, images_per_class=4, size=64, seed=0,
+                          workers=1)

@@ -122,6 +122,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from saga.benchmark import format_results, load_table, run_table, write_results
+
+    table = load_table(args.config)
+    results = run_table(table, args.seeds, args.out, args.overrides)
+    command = "saga " + " ".join(sys.argv[1:] if args.argv is None else args.argv)
+    path = write_results(results, args.out, command, table)
+    print("\n" + format_results(results) + f"\n\nwrote {path}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from saga.demo import run_demo
+
+    run_demo(args.out, args.table, seed=args.seed)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="saga", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -192,11 +210,25 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-5 method=proxy_anchor")
     q.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
     q.set_defaults(func=cmd_train)
+
+    q = sub.add_parser("benchmark", help="train and evaluate every row of a results table over several seeds")
+    q.add_argument("--config", required=True, help="table YAML (e.g. configs/synth/table.yaml)")
+    q.add_argument("--seeds", type=int, nargs="+", default=[0])
+    q.add_argument("--out", default="runs/benchmark", help="folder of the runs and results.json / results.md")
+    q.add_argument("overrides", nargs="*", help="dotted overrides applied to every row, e.g. device=cuda")
+    q.set_defaults(func=cmd_benchmark)
+
+    q = sub.add_parser("demo", help="the CPU demo: synthetic world, four methods, table and HTML report")
+    q.add_argument("--out", default="runs/demo")
+    q.add_argument("--table", default="configs/synth/demo.yaml", help="the rows to run")
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=cmd_demo)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
     except (FileNotFoundError, SagaError) as e:  # bad input: say what and where, no traceback

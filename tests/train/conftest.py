@@ -24,15 +24,6 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="session")
-def synth_world(tmp_path_factory) -> Path:
-    """6 classes x 4 images of 64 px: classes 0-2 train (12 images), 3-5 test (12 images)."""
-    from saga.data.synth import generate_world
-
-    return generate_world(tmp_path_factory.mktemp("world"), num_classes=6, images_per_class=4, size=64, seed=0,
-                          workers=1)
-
-
 # A SAGA run that costs about a second a step on the tiny model: 6-image batches (3 classes x 2), 2 pairs x 2
 # completions of 6 tokens.
 TINY = [

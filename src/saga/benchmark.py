@@ -1,0 +1,160 @@
+"""A results table from one YAML file: methods and ablations as rows, each trained and evaluated over seeds.
+
+    saga benchmark --config configs/synth/table.yaml --seeds 0 1 2
+
+The table file names the synthetic world to build (if any), overrides applied to every row, and the rows:
+
+    world: {out: data/synth, classes: 200, images_per_class: 60, size: 128, seed: 0}   # optional
+    overrides: [data.root=data/synth]
+    rows:
+      - {name: pre-trained backbone, config: proxy_anchor.yaml, overrides: [optim.steps=0]}
+      - {name: SAGA, config: saga.yaml}
+      - {name: SAGA w/o L_KL, config: saga.yaml, overrides: [weights.kl=0]}
+
+Row configs are relative to the table file. Each (row, seed) is one `saga train` run in
+``<out>/<row>/seed<S>``; a run whose test_metrics.json exists under the same resolved config is reused, so an
+interrupted benchmark continues where it stopped. The "pre-trained backbone" row is a run of zero steps: the
+judge's tower with mean pooling, evaluated by the same code as every other row.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from saga.config import TrainConfig, load_config, to_dict
+from saga.errors import ConfigError
+from saga.eval.report import format_markdown_table, format_table
+
+REPORT_KEYS = ("R@1", "R@4", "NMI", "MAP@R")
+
+
+@dataclass
+class Row:
+    name: str
+    config: Path
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Table:
+    rows: list[Row]
+    overrides: list[str] = field(default_factory=list)
+    world: dict | None = None
+    path: Path | None = None
+
+
+def load_table(path: str | Path) -> Table:
+    """Parse a table file; unknown keys are errors naming the file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: table file not found") from None
+    unknown = set(data) - {"world", "overrides", "rows"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}; known: ['overrides', 'rows', 'world']")
+    rows = []
+    for i, r in enumerate(data.get("rows") or []):
+        if not isinstance(r, dict) or set(r) - {"name", "config", "overrides"} or not {"name", "config"} <= set(r):
+            raise ConfigError(f"{path}: row {i + 1} must have 'name', 'config' and optionally 'overrides': {r!r}")
+        rows.append(Row(r["name"], path.parent / r["config"], list(r.get("overrides") or [])))
+    if not rows:
+        raise ConfigError(f"{path}: no rows")
+    return Table(rows, list(data.get("overrides") or []), data.get("world"), path)
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def row_config(table: Table, row: Row, seed: int, out_dir: Path, extra: list[str] = ()) -> TrainConfig:
+    """The resolved config of one (row, seed) run: row file < table overrides < row overrides < extra."""
+    overrides = [*table.overrides, *row.overrides, *extra, f"seed={seed}",
+                 f"out_dir={out_dir / _slug(row.name) / f'seed{seed}'}"]
+    return load_config(row.config, overrides)
+
+
+def _finished(cfg: TrainConfig) -> dict | None:
+    """The test metrics of an earlier run of exactly this config, if it finished."""
+    run = Path(cfg.out_dir)
+    try:
+        same = yaml.safe_load((run / "config.yaml").read_text()) == to_dict(cfg)
+        return json.loads((run / "test_metrics.json").read_text()) if same else None
+    except (OSError, json.JSONDecodeError, yaml.YAMLError):
+        return None
+
+
+def ensure_world(table: Table) -> None:
+    """Render the table's synthetic world unless a complete one is already there."""
+    if not table.world:
+        return
+    from saga.data.synth import generate_world
+
+    w = dict(table.world)
+    out = Path(w.pop("out"))
+    if not (out / "world.json").exists():
+        print(f"rendering the synthetic world into {out} ...")
+        generate_world(out, num_classes=w.get("classes", 200), images_per_class=w.get("images_per_class", 60),
+                       size=w.get("size", 128), seed=w.get("seed", 0), preview=True)
+
+
+def run_table(table: Table, seeds: list[int], out_dir: str | Path, extra: list[str] = ()) -> dict:
+    """Train and evaluate every row for every seed; returns {row name: {seed: metrics}}."""
+    from saga.train import train
+
+    ensure_world(table)
+    out_dir = Path(out_dir)
+    results: dict[str, dict[int, dict]] = {}
+    for row in table.rows:
+        for seed in seeds:
+            cfg = row_config(table, row, seed, out_dir, extra)
+            metrics = _finished(cfg)
+            if metrics is None:
+                print(f"== {row.name}, seed {seed}: {cfg.method}, {cfg.optim.steps} steps -> {cfg.out_dir}")
+                metrics = train(cfg)["test_metrics"]
+            else:
+                print(f"== {row.name}, seed {seed}: reusing {cfg.out_dir}")
+            results.setdefault(row.name, {})[seed] = metrics
+    return results
+
+
+def summarise(results: dict) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """Mean and (population) standard deviation over seeds of every metric, per row."""
+    means, stds = {}, {}
+    for name, per_seed in results.items():
+        keys = list(next(iter(per_seed.values())))
+        values = {k: np.array([m[k] for m in per_seed.values()]) for k in keys}
+        means[name] = {k: float(v.mean()) for k, v in values.items()}
+        stds[name] = {k: float(v.std()) for k, v in values.items()}
+    return means, stds
+
+
+def format_results(results: dict, keys=REPORT_KEYS, markdown: bool = False) -> str:
+    """The table of means, with a second of standard deviations when there is more than one seed."""
+    means, stds = summarise(results)
+    fmt = format_markdown_table if markdown else format_table
+    text = fmt(means, keys)
+    if any(len(s) > 1 for s in results.values()):
+        text += f"\n\nstandard deviation over seeds:\n{fmt(stds, keys)}"
+    return text
+
+
+def write_results(results: dict, out_dir: str | Path, command: str, table: Table) -> Path:
+    """results.json (every seed's metrics, means, stds, the command, environment) and results.md."""
+    from saga.utils import environment
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    means, stds = summarise(results)
+    doc = {"command": command, "table": str(table.path), "results": {n: {str(s): m for s, m in r.items()}
+                                                                      for n, r in results.items()},
+           "mean": means, "std": stds, "environment": environment()}
+    (out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (out / "results.md").write_text(f"`{command}`\n\n{format_results(results, markdown=True)}\n")
+    return out / "results.json"
