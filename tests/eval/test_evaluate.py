@@ -52,8 +52,8 @@ def test_bad_input():
         evaluate(x, labels[:-1])
     with pytest.raises(DataError, match="1-D"):
         evaluate(x, labels[:, None])
-    with pytest.raises(DataError, match="more than 8 items"):
-        evaluate(x[:8], labels[:8])
+    with pytest.raises(DataError, match="at least 2 items"):
+        evaluate(x[:1], labels[:1])
 
 
 def test_cli_eval_end_to_end(tmp_path, capsys):
@@ -83,3 +83,11 @@ def test_cli_eval_bad_files(tmp_path, capsys):
     np.save(npy, x)
     assert main(["eval", "--embeddings", str(npy)]) == 2
     assert f"{npy}: a single .npy array" in capsys.readouterr().err
+
+
+def test_sets_smaller_than_k_read_every_other_item():
+    # 4 items, classes a a b b: 1-D points 0, 1, 10, 11. R@1 = 1 (each nearest is its classmate), and R@8 over the
+    # 3 other items is 1 as well; with K >= N - 1 the neighbour list is the whole database.
+    emb = np.array([[1.0, 0.0], [0.995, 0.0998], [0.0, 1.0], [0.0998, 0.995]])
+    m = evaluate(emb, np.array([0, 0, 1, 1]))
+    assert m["R@1"] == 1.0 and m["R@8"] == 1.0 and m["MAP@R"] == 1.0

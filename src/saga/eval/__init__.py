@@ -53,10 +53,11 @@ def evaluate(
         raise DataError(f"{x.shape[0]} embeddings but {labels.shape[0]} labels")
     if not ks or min(ks) < 1:
         raise ValueError(f"ks must be positive neighbour counts, got {tuple(ks)}")
-    if max(ks) >= labels.shape[0]:
-        raise DataError(f"Recall@{max(ks)} needs more than {max(ks)} items, got {labels.shape[0]}")
-    # One search deep enough for every metric: K for Recall@K, R = largest class - 1 for MAP@R and R-precision.
-    _, idx = knn(x, neighbours_needed(labels, ks), backend=backend)
+    if labels.shape[0] < 2:
+        raise DataError(f"retrieval needs at least 2 items, got {labels.shape[0]}")
+    # One search deep enough for every metric: K for Recall@K, R = largest class - 1 for MAP@R and R-precision;
+    # never more than the N - 1 other items (then Recall@K for K >= N - 1 reads all of them).
+    _, idx = knn(x, min(neighbours_needed(labels, ks), labels.shape[0] - 1), backend=backend)
     metrics = retrieval_metrics(idx, labels, ks)
     metrics["NMI"] = nmi(x, labels, seed=seed)
     return metrics

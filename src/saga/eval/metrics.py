@@ -74,9 +74,11 @@ def _relevance(neighbour_labels: np.ndarray, labels: np.ndarray) -> tuple[np.nda
 def recall_at_k(neighbour_labels: np.ndarray, labels: np.ndarray, k: int) -> float:
     """Recall@K: share of queries with at least one same-class item among their K nearest neighbours.
 
-    ``neighbour_labels`` (N, >= K): class of each query's neighbours, nearest first, self excluded.
+    ``neighbour_labels`` (N, >= K): class of each query's neighbours, nearest first, self excluded. With N - 1
+    columns every other item is listed, so any K >= N - 1 reads them all (a set smaller than K + 1 items).
     """
-    if not 1 <= k <= np.shape(neighbour_labels)[1]:
+    listed = np.shape(neighbour_labels)[1]
+    if not 1 <= k <= listed and not (k > listed == np.shape(neighbour_labels)[0] - 1):
         raise ValueError(f"Recall@{k} needs at least {k} neighbours per query, got {np.shape(neighbour_labels)[1]}")
     rel, _ = _relevance(neighbour_labels, labels)
     return float(rel[:, :k].any(axis=1).mean())
