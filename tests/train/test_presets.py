@@ -28,6 +28,19 @@ def test_synthetic_presets(method):
     assert cfg.data.image_size == 128 and cfg.optim.steps == 500
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIGS)))
+TABLES = {"demo.yaml", "table.yaml"}  # results tables (saga.benchmark), not run configs
+
+
+@pytest.mark.parametrize("path", sorted(p for p in CONFIGS.rglob("*.yaml") if p.name not in TABLES),
+                         ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_every_yaml_under_configs_loads(path):
     load_config(path)
+
+
+@pytest.mark.parametrize("name", sorted(TABLES))
+def test_every_row_of_the_synth_tables_resolves(name, tmp_path):
+    from saga.benchmark import load_table, row_config
+
+    table = load_table(CONFIGS / "synth" / name)
+    methods = {row_config(table, row, 0, tmp_path).method for row in table.rows}
+    assert methods == {"proxy_anchor", "potential_field", "saga"}
