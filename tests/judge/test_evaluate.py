@@ -7,6 +7,7 @@ import pytest
 import saga.judge.evaluate as ev
 from saga.data import load_dataset
 from saga.data.synth import generate_world
+from saga.errors import CheckpointError
 from saga.judge.pretrain import JUDGE_PRESETS, build_judge
 from saga.judge.prompts import format_comparison
 
@@ -43,6 +44,15 @@ def test_attribute_tally():
     texts = ["crest: tall / none\nbill_shape: long / short\nAnswer: different",  # 3 of 4 values right
              "crest: none / none\nAnswer: same"]  # crest A wrong, B right; no bill line: 1 of 4
     assert ev.attribute_tally(texts, [a, a], [b, b]) == {"crest": (3, 4), "bill_shape": (1, 4)}
+
+
+def test_judge_image_size(tmp_path):
+    assert ev.judge_image_size(tmp_path) == ev.DEFAULT_IMAGE_SIZE  # no pretrain.json: a foreign judge
+    (tmp_path / "pretrain.json").write_text('{"image_size": 96}')
+    assert ev.judge_image_size(tmp_path) == 96
+    (tmp_path / "pretrain.json").write_text("{")
+    with pytest.raises(CheckpointError, match="pretrain.json"):
+        ev.judge_image_size(tmp_path)
 
 
 def test_balanced_pairs():
@@ -100,3 +110,13 @@ def test_an_oracle_scores_one(world, judge, monkeypatch):
     res = ev.evaluate_judge(judge, "synth", world, "test", pairs=8, device="cpu")
     assert res["accuracy_balanced"] == res["accuracy_one_attribute"] == res["attribute_accuracy"] == 1.0
     assert res["unparseable"] == 0.0 and res["accuracy_same"] == res["accuracy_different"] == 1.0
+
+
+def test_cli_writes_the_results(world, judge, tmp_path, capsys):
+    from saga.cli import main
+
+    out = tmp_path / "eval.json"
+    assert main(["judge", "eval", "--judge", str(judge), "--root", str(world), "--pairs", "2", "--device", "cpu",
+                 "--json", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert saved["pairs_balanced"] == 2 and "accuracy_balanced" in capsys.readouterr().out

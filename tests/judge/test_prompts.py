@@ -34,10 +34,17 @@ def test_comparison_round_trip():
     a = {"body": "red", "crest": "tall"}
     b = {"body": "red", "crest": "none"}
     text = format_comparison(a, b, same=False)
-    assert text == "body: red / red\ncrest: tall / none\nAnswer: different"
+    assert text == "body: red / red match\ncrest: tall / none mismatch\nAnswer: different"
     assert parse_comparison(text) == {"body": ("red", "red"), "crest": ("tall", "none")}
     assert parse_verdict(text) is False
     assert parse_comparison("Body: Red / RED.\ngarbage line\n") == {"body": ("red", "red")}
+    assert parse_comparison("crest: tall / none (maybe)\nbill: long / short mismatch") == {"bill": ("long", "short")}
+
+
+def test_line_marks_never_read_as_a_verdict():
+    text = format_comparison({"crest": "tall"}, {"crest": "none"}, same=False)
+    assert parse_verdict(text.rsplit("\n", 1)[0]) is None  # cut before the Answer line: no verdict
+    assert parse_verdict(format_comparison({"crest": "tall"}, {"crest": "tall"}, same=True)) is True
 
 
 def test_prompt_names_the_subject():

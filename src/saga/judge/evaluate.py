@@ -25,8 +25,8 @@ from tqdm import tqdm
 
 from saga.data import Split, load_dataset, load_image
 from saga.data.synth import SCHEMA
-from saga.errors import DataError
-from saga.judge.pretrain import PairInputs
+from saga.errors import CheckpointError, DataError
+from saga.judge.pairs import PairInputs
 from saga.judge.prompts import format_comparison, parse_comparison, parse_verdict
 from saga.models import load_vlm
 
@@ -37,7 +37,12 @@ FREE_TEXT_TOKENS = 256  # answer budget where the judge's comparison format is n
 def judge_image_size(judge_dir: str | Path) -> int:
     """The image side a judge was pretrained at (its pretrain.json), else `DEFAULT_IMAGE_SIZE`."""
     meta = Path(judge_dir) / "pretrain.json"
-    return int(json.loads(meta.read_text())["image_size"]) if meta.is_file() else DEFAULT_IMAGE_SIZE
+    if not meta.is_file():
+        return DEFAULT_IMAGE_SIZE
+    try:
+        return int(json.loads(meta.read_text())["image_size"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{meta}: no readable image_size ({type(e).__name__}: {e})") from None
 
 
 def balanced_pairs(labels: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -130,8 +135,8 @@ def evaluate_judge(judge_dir: str | Path, dataset: str = "synth", root: str | Pa
     pairs and `pairs` one-attribute pairs of a dataset split. Returns a flat dict (see the module docstring)."""
     if pairs < 2:
         raise DataError(f"--pairs must be at least 2 (one same and one different pair), got {pairs}")
-    data = getattr(load_dataset(dataset, root), split)
-    attributes = load_dataset(dataset, root).class_attributes if dataset == "synth" else None
+    splits = load_dataset(dataset, root)
+    data, attributes = getattr(splits, split), splits.class_attributes
     model, processor = load_vlm(judge_dir, device=device)
     inputs = PairInputs(processor, image_size or judge_image_size(judge_dir), dataset)
     if max_new_tokens is None:

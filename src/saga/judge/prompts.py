@@ -47,22 +47,35 @@ def pair_messages(dataset: str = "synth") -> list[dict]:
     ]}]
 
 
+MATCH, MISMATCH = "match", "mismatch"
+
+
 def format_comparison(attrs_a: Mapping[str, str], attrs_b: Mapping[str, str], same: bool) -> str:
     """The target answer of the synthetic judge: one line per attribute, then the verdict.
 
-    ``wing: blue / green`` lists image A's value, then image B's. Attribute names and values use underscores
-    for spaces so that each stays one word.
+    ``wing: blue / green mismatch`` lists image A's value, then image B's, then whether the two agree. Attribute
+    names and values use underscores for spaces so that each stays one word.
+
+    Why the mark: it splits the verdict into two steps that a 2-layer LLM learns quickly, each supervised by its
+    own token: "match" / "mismatch" right after value B (compare it with value A two tokens back), then the
+    verdict (is there a "mismatch" above?). Without marks the verdict is an OR over ten unmarked equalities, which
+    the tiny judge did not learn: it wrote identical lines for 91 % of same-species pairs and differing lines for
+    97 % of the others, yet gave one verdict to all. The marks avoid the words same / different, so
+    `parse_verdict` never takes a line's mark for the species verdict.
     """
-    lines = [f"{name}: {attrs_a[name]} / {attrs_b[name]}" for name in attrs_a]
+    lines = [f"{name}: {attrs_a[name]} / {attrs_b[name]} {MATCH if attrs_a[name] == attrs_b[name] else MISMATCH}"
+             for name in attrs_a]
     lines.append(f"Answer: {SAME if same else DIFFERENT}")
     return "\n".join(lines)
 
 
-_LINE = re.compile(r"^\W*([a-z_]+)\s*:\s*([a-z_]+)\s*/\s*([a-z_]+)\W*$")
+# "name: value_a / value_b", optionally followed by the match / mismatch mark.
+_LINE = re.compile(r"^\W*([a-z_]+)\s*:\s*([a-z_]+)\s*/\s*([a-z_]+)\W*(?:(?:mis)?match\W*)?$")
 
 
 def parse_comparison(text: str) -> dict[str, tuple[str, str]]:
-    """Attribute lines of an answer -> {name: (value_a, value_b)}; lines that do not parse are skipped."""
+    """Attribute lines of an answer -> {name: (value_a, value_b)}; lines that do not parse are skipped, a mark
+    after the values is allowed and ignored."""
     out = {}
     for line in text.lower().splitlines():
         m = _LINE.match(line.strip())
