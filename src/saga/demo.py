@@ -108,7 +108,9 @@ def run_demo(out_dir: str | Path = "runs/demo", table_path: str | Path = DEMO_TA
         table={n: next(iter(r.values())) for n, r in results.items()}, curves=curves,
         attention=attention, retrieval=retrieval,
         notes=f"<p>Zero-shot retrieval on the 100 test classes (disjoint from the training classes), one seed, "
-              f"CPU-sized budgets from <code>{table_path}</code>. The full benchmark with 3 seeds and ablations: "
-              f"<code>saga benchmark --config configs/synth/table.yaml --seeds 0 1 2</code>.</p>")
+              f"CPU-sized budgets from <code>{table_path}</code>. A row \"SAGA w/o L_GRPO\" is SAGA with the "
+              f"judge's policy gradient switched off: the difference to SAGA is what the judge's verdicts add. "
+              f"3 seeds and every ablation: <code>saga benchmark --config configs/synth/table-cpu.yaml --seeds 0 1 "
+              f"2</code> (CPU) or <code>configs/synth/table.yaml</code> (GPU, the <code>small</code> judge).</p>")
     print(f"\nreport: {report}")
     return report

@@ -16,7 +16,8 @@ def test_report_has_every_section_and_marks_the_best(tmp_path):
     curves = {"SAGA": [{"step": 0, "loss": 2.0, "reward_mean": 0.5}, {"step": 10, "loss": 1.0, "reward_mean": 0.7}]}
     att = [AttentionExample(_img("white"), (2, 2), np.array([0.1, 0.2, 0.3, 0.4]), np.array([0.4, 0.3, 0.2, 0.1]),
                             title="class 101")]
-    ret = [RetrievalRow(_img("red"), "a", [(_img("red"), "a", True), (_img("blue"), "b", False)])]
+    ret = [RetrievalRow(_img("red"), "042.Red_Body", [(_img("red"), "042.Red_Body", True),
+                                                      (_img("blue"), "043.Blue_Body", False)])]
     path = write_report(tmp_path / "r" / "report.html", title="demo", table=table, curves=curves,
                         attention=att, retrieval=ret, stds={"SAGA": {"R@1": 0.01}})
     doc = path.read_text()
@@ -25,6 +26,8 @@ def test_report_has_every_section_and_marks_the_best(tmp_path):
     assert "<td><b>62.5 &plusmn; 1.0</b></td>" in doc  # best R@1 in bold, with its std
     assert "<td><b>40.0</b></td>" in doc  # best NMI is the other row's
     assert doc.count("&#10003;") == 1 and doc.count("&#10007;") == 1
+    # neighbours are captioned by class id (long names would push the row off the page), full name on hover
+    assert "&#10003; 042</small>" in doc and "&#10007; 043</small>" in doc and "title='043.Blue_Body'" in doc
     # figures are inlined: no file next to the report is needed
     assert len(re.findall(r'src="data:image/png;base64,', doc)) >= 2 + 3 + 3
     assert list((tmp_path / "r").iterdir()) == [path]

@@ -61,6 +61,7 @@ def test_assemble_builds_masks_texts_and_verdicts(judge):
     r = assemble(tok, prompt, completions, num_generations=2)
     assert r.texts == [texts[0], texts[1], texts[2], tok.decode(completions[3])]
     assert r.verdicts == [True, False, None, None]
+    assert r.clipped.tolist() == [False, False, False, True]
     assert r.pair_of.tolist() == [0, 0, 1, 1] and r.prompt_length == 3
     assert r.completion_mask.sum(1).tolist() == [len(encoded[0]) + 1, len(encoded[1]) + 1, len(encoded[2]) + 1, width]
     assert torch.equal(r.input_ids, torch.cat([prompt["input_ids"][[0, 0, 1, 1]], completions], 1))

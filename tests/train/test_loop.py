@@ -47,6 +47,15 @@ def test_combine_weights_and_flattens_every_term():
                                                           "dml/loss": 3.0}
 
 
+def test_saga_step_warns_when_every_completion_is_cut_before_its_verdict(tiny_config):
+    cfg = tiny_config("saga")  # max_completion_length = 6: far too short for a comparison and its verdict
+    parts, batch = _setup(cfg)
+    with pytest.warns(RuntimeWarning, match="raise grpo.max_completion_length"):
+        result = saga_step(parts, cfg, batch, 0)
+    assert result.stats["clipped_ratio"] == 1.0 and result.stats["parse_failures"] == 1.0
+    assert float(result.terms["grpo"]["loss"]) == 0.0
+
+
 def test_saga_gradients_reach_only_encoder_pooler_and_proxies(tiny_config):
     cfg = tiny_config("saga")
     parts, batch = _setup(cfg)

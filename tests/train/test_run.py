@@ -1,6 +1,7 @@
 """End to end: `saga train` on a tiny synthetic world with the tiny random judge (a few steps, CPU)."""
 
 import dataclasses
+import inspect
 import json
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from saga.config import load_config
 from saga.data import load_dataset
 from saga.errors import CheckpointError, ConfigError
 from saga.eval import evaluate
+from saga.eval.html import write_report
 from saga.judge import FrozenJudge
 from saga.models import embed_split, load_vlm
 from saga.train import load_trained, run, setup, train
@@ -64,8 +66,10 @@ def test_saga_train_command_end_to_end(tiny_overrides, tiny_vlm_dir, tmp_path, m
                                                          (3, False)]
     train_line = lines[1]
     assert {"loss", "grpo/loss", "kl/loss", "dml/loss", "reward_mean", "frac_reward_zero_std", "verdict_accuracy",
-            "parse_failures", "grpo/completion_length", "lr/encoder", "lr/pooler", "lr/proxies", "grad_norm"} <= set(
+            "parse_failures", "clipped_ratio", "grpo/completion_length", "lr/encoder", "lr/pooler", "lr/proxies", "grad_norm"} <= set(
         train_line)
+    report_curves = inspect.signature(write_report).parameters["curve_keys"].default
+    assert set(report_curves) <= set(train_line)  # the report plots what the trainer logs
     weights = cfg.weights
     assert train_line["loss"] == pytest.approx(weights.grpo * train_line["grpo/loss"] + weights.kl *
                                                train_line["kl/loss"] + weights.dml * train_line["dml/loss"], rel=1e-5)

@@ -143,24 +143,36 @@ def _attention(examples: Sequence[AttentionExample]) -> str:
     return "\n".join(cells)
 
 
+def _short(name: str) -> str:
+    """A class's caption under a thumbnail: its id where the name has one ("042.Long_Name" -> "042")."""
+    head, dot, _ = name.partition(".")
+    return head if dot and head.isdigit() else name[:24]
+
+
 def _retrieval(rows: Sequence[RetrievalRow]) -> str:
-    out = ["<table class='grid'>"]
+    """One block per query: its class name, then the query and its neighbours in one row of fixed-size cells
+    (captions are class ids, full names on hover), so long class names cannot push the neighbours off the page."""
+    out = []
     for r in rows:
-        cells = [f"<td>{_img(_png(r.query.convert('RGB').resize((96, 96))), style='border:3px solid #555')}"
-                 f"<br><small>{html.escape(r.query_class)}</small></td>"]
+        cells = [f"<td title='{html.escape(r.query_class, quote=True)}'>"
+                 f"{_img(_png(r.query.convert('RGB').resize((96, 96))), style='border:3px solid #555')}"
+                 f"<br><small>query</small></td>"]
         for img, name, ok in r.neighbours:
             colour = "#1a7f37" if ok else "#cf222e"
             mark = "&#10003;" if ok else "&#10007;"
-            cells.append(f"<td>{_img(_png(img.convert('RGB').resize((96, 96))), style=f'border:3px solid {colour}')}"
-                         f"<br><small style='color:{colour}'>{mark} {html.escape(name)}</small></td>")
-        out.append("<tr>" + "".join(cells) + "</tr>")
-    return "\n".join(out + ["</table>"])
+            cells.append(f"<td title='{html.escape(name, quote=True)}'>"
+                         f"{_img(_png(img.convert('RGB').resize((96, 96))), style=f'border:3px solid {colour}')}"
+                         f"<br><small style='color:{colour}'>{mark} {html.escape(_short(name))}</small></td>")
+        out.append(f"<div class='ret'><small>{html.escape(r.query_class)}</small>"
+                   f"<table class='grid'><tr>{''.join(cells)}</tr></table></div>")
+    return "\n".join(out)
 
 
 _CSS = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
-td:first-child{text-align:left}table.grid td{border:none;text-align:center;vertical-align:top}
+td:first-child{text-align:left}table.grid{margin:2px 0 1em}
+table.grid td{border:none;text-align:center;vertical-align:top;width:104px;padding:2px}
 .att{display:inline-block;margin:0 1em 1em 0;font-size:12px}figure{display:inline-block;margin:2px}
 figcaption{text-align:center;font-size:11px}pre{background:#f6f8fa;padding:8px;overflow-x:auto}
 """
@@ -168,8 +180,8 @@ figcaption{text-align:center;font-size:11px}pre{background:#f6f8fa;padding:8px;o
 
 def write_report(path: str | Path, *, title: str, table: dict[str, dict[str, float]],
                  stds: dict[str, dict[str, float]] | None = None, curves: dict[str, list[dict]] | None = None,
-                 curve_keys: Sequence[str] = ("loss", "loss_grpo", "loss_kl", "loss_dml", "reward_mean",
-                                              "frac_reward_zero_std"),
+                 curve_keys: Sequence[str] = ("loss", "dml/loss", "grpo/loss", "kl/loss", "reward_mean",
+                                              "verdict_accuracy", "frac_reward_zero_std"),
                  attention: Sequence[AttentionExample] = (), retrieval: Sequence[RetrievalRow] = (),
                  notes: str = "") -> Path:
     """Write the report to `path` (one HTML file, every figure inlined as PNG) and return the path."""
@@ -182,8 +194,8 @@ def write_report(path: str | Path, *, title: str, table: dict[str, dict[str, flo
         "<h2>Attention over image tokens</h2>",
         "<p>Red = weight of a merged token (one 2x2 window of patches). The pooler's weights define the embedding; "
         "the judge's are its attention from the verdict tokens, the L_KL target.</p>", _attention(attention),
-        "<h2>Retrieval</h2><p>Each row: a test query (grey border) and its 5 nearest neighbours; green = same "
-        "class.</p>", _retrieval(retrieval),
+        "<h2>Retrieval</h2><p>Each row: a test query (grey border) and its 5 nearest neighbours, captioned with "
+        "their class ids (hover for the full name); green = same class.</p>", _retrieval(retrieval),
     ]
     doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
            f"<style>{_CSS}</style></head><body>{''.join(sections)}</body></html>")

@@ -122,10 +122,15 @@ def generate_answers(model, inputs: PairInputs, split: Split, pairs: np.ndarray,
     return texts
 
 
-def comparison_budget(tokenizer) -> int:
-    """Tokens of the longest synthetic-world comparison, plus a margin."""
+def longest_comparison(tokenizer) -> int:
+    """Tokens of the longest synthetic-world comparison (the stop token not counted)."""
     longest = {a.name: max(a.values, key=lambda v: len(tokenizer.tokenize(" " + v))) for a in SCHEMA}
-    return len(tokenizer.tokenize(format_comparison(longest, longest, same=False))) + 8
+    return len(tokenizer.tokenize(format_comparison(longest, longest, same=False)))  # "match" and "mismatch": 1 token
+
+
+def comparison_budget(tokenizer) -> int:
+    """Generation limit for a synthetic-world comparison: the longest one plus a margin."""
+    return longest_comparison(tokenizer) + 8
 
 
 def evaluate_judge(judge_dir: str | Path, dataset: str = "synth", root: str | Path = "", split: str = "test",

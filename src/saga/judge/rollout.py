@@ -42,6 +42,7 @@ class Rollout:
         first stop token (or everywhere, for a completion cut at max_new_tokens).
     texts: decoded completions (special tokens dropped); verdicts: `parse_verdict` of each text.
     pair_of: (N,) long, the pair of each sequence.
+    clipped: (N,) bool, cut at max_new_tokens before any stop token (TRL's "clipped_ratio" is its mean).
     """
 
     input_ids: Tensor
@@ -52,6 +53,7 @@ class Rollout:
     verdicts: list[bool | None]
     prompt_length: int
     pair_of: Tensor
+    clipped: Tensor
 
 
 def stop_token_ids(tokenizer) -> list[int]:
@@ -83,11 +85,15 @@ def prompt_batch(processor, grid_thw: Tensor, *, dataset: str = "synth") -> dict
                                return_tensors="pt")
 
 
+def is_stop(completion_ids: Tensor, stop_ids: Sequence[int]) -> Tensor:
+    return torch.isin(completion_ids, torch.tensor(list(stop_ids), device=completion_ids.device))
+
+
 def completion_mask(completion_ids: Tensor, stop_ids: Sequence[int]) -> Tensor:
     """(N, Lc) bool: True up to and including the first stop token of each row; all True where none occurs."""
-    is_stop = torch.isin(completion_ids, torch.tensor(list(stop_ids), device=completion_ids.device))
+    stops = is_stop(completion_ids, stop_ids)
     length = completion_ids.shape[1]
-    first = torch.where(is_stop.any(1), is_stop.int().argmax(1), length - 1)
+    first = torch.where(stops.any(1), stops.int().argmax(1), length - 1)
     return torch.arange(length, device=completion_ids.device)[None, :] <= first[:, None]
 
 
@@ -98,7 +104,8 @@ def assemble(tokenizer, prompt: dict[str, Tensor], completion_ids: Tensor, num_g
         raise ValueError(f"{len(completion_ids)} completions for {groups} prompts x {num_generations} generations")
     device = completion_ids.device
     pair_of = torch.arange(groups, device=device).repeat_interleave(num_generations)
-    mask = completion_mask(completion_ids, stop_token_ids(tokenizer))
+    stop_ids = stop_token_ids(tokenizer)
+    mask = completion_mask(completion_ids, stop_ids)
     texts = [tokenizer.decode(ids[keep], skip_special_tokens=True, clean_up_tokenization_spaces=False)
              for ids, keep in zip(completion_ids, mask, strict=True)]
     prompt_ids = prompt["input_ids"].to(device)[pair_of]
@@ -112,6 +119,7 @@ def assemble(tokenizer, prompt: dict[str, Tensor], completion_ids: Tensor, num_g
         verdicts=[parse_verdict(t) for t in texts],
         prompt_length=prompt_ids.shape[1],
         pair_of=pair_of,
+        clipped=~is_stop(completion_ids, stop_ids).any(1),
     )
 
 

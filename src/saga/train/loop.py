@@ -12,6 +12,7 @@ logging, evaluation and checkpoints, in step order.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -80,6 +81,10 @@ def saga_step(parts: Parts, cfg: TrainConfig, batch: Batch, step: int) -> StepRe
     sampling_seed = int(step_rng(cfg.seed, step, 1).integers(2**31))  # a function of (seed, step): resumable
     rollout = judge.rollout(pair_out, num_generations=g.num_generations, max_new_tokens=g.max_completion_length,
                             temperature=g.temperature, top_p=g.top_p, seed=sampling_seed)
+    if bool(rollout.clipped.all()):  # the silent failure: no verdict anywhere, every reward 0, no GRPO signal
+        warnings.warn(f"all completions of a step ran to grpo.max_completion_length = "
+                      f"{g.max_completion_length} tokens without a stop token, so none has a verdict and L_GRPO is "
+                      "zero; raise grpo.max_completion_length", RuntimeWarning, stacklevel=1)
     same = [pairs.same[p] for p in rollout.pair_of.tolist()]
     rewards = torch.tensor([verdict_reward(v, s) for v, s in zip(rollout.verdicts, same, strict=True)])
     advantages, reward_stats = group_advantages(rewards, g.num_generations, g.scale_rewards)
@@ -112,6 +117,7 @@ def saga_step(parts: Parts, cfg: TrainConfig, batch: Batch, step: int) -> StepRe
         "accuracy_same": float(np.mean([c for c, s in zip(correct, same, strict=True) if s] or [np.nan])),
         "accuracy_different": float(np.mean([c for c, s in zip(correct, same, strict=True) if not s] or [np.nan])),
         "parse_failures": float(np.mean([v is None for v in verdicts])),
+        "clipped_ratio": float(rollout.clipped.float().mean()),
     }
     rows = [{"pair": p, "image_a": batch.paths[pairs.a[p]], "image_b": batch.paths[pairs.b[p]],
              "same": pairs.same[p], "hard_negative": pairs.hard[p], "text": text, "verdict": verdict,
