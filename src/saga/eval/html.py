@@ -93,7 +93,7 @@ def _recall_curves(rows: dict[str, dict[str, float]]) -> str:
     return _img(_png(fig))
 
 
-def _training_curves(curves: dict[str, list[dict]], keys: Sequence[str]) -> str:
+def _training_curves(curves: dict[str, list[dict]], keys: Sequence[str], columns: int = 3) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -102,17 +102,23 @@ def _training_curves(curves: dict[str, list[dict]], keys: Sequence[str]) -> str:
     keys = [k for k in keys if any(k in row for rows in curves.values() for row in rows)]
     if not keys:
         return "<p>No training logs.</p>"
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3), squeeze=False)
-    for ax, key in zip(axes[0], keys):
+    columns = min(columns, len(keys))
+    grid_rows = -(-len(keys) // columns)
+    fig, axes = plt.subplots(grid_rows, columns, figsize=(3.6 * columns, 3 * grid_rows), squeeze=False)
+    colour = {name: f"C{i}" for i, name in enumerate(curves)}  # one colour per run in every panel
+    for ax, key in zip(axes.flat, keys):
         for name, rows in curves.items():
             pts = [(r["step"], r[key]) for r in rows if key in r and r[key] is not None]
             if pts:
-                ax.plot(*zip(*pts), label=name)
+                ax.plot(*zip(*pts), label=name, color=colour[name])
         ax.set_title(key, fontsize=9)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
     fig.tight_layout()
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="lower center", ncol=min(4, len(curves)), fontsize=8,
+               bbox_to_anchor=(0.5, 1.0))  # above the panels; savefig's tight bounding box keeps it
     return _img(_png(fig))
 
 
@@ -180,11 +186,14 @@ figcaption{text-align:center;font-size:11px}pre{background:#f6f8fa;padding:8px;o
 
 def write_report(path: str | Path, *, title: str, table: dict[str, dict[str, float]],
                  stds: dict[str, dict[str, float]] | None = None, curves: dict[str, list[dict]] | None = None,
-                 curve_keys: Sequence[str] = ("loss", "dml/loss", "grpo/loss", "kl/loss", "reward_mean",
-                                              "verdict_accuracy", "frac_reward_zero_std"),
+                 curve_keys: Sequence[str] = ("loss", "dml/loss", "kl/loss", "reward_mean", "verdict_accuracy",
+                                              "frac_reward_zero_std"),
                  attention: Sequence[AttentionExample] = (), retrieval: Sequence[RetrievalRow] = (),
                  notes: str = "") -> Path:
-    """Write the report to `path` (one HTML file, every figure inlined as PNG) and return the path."""
+    """Write the report to `path` (one HTML file, every figure inlined as PNG) and return the path.
+
+    `curve_keys` are logged metric names. L_GRPO's own value is left out by default: with group-centred advantages
+    and one update per rollout it is ~0 whatever the encoder learns; reward_mean and verdict_accuracy show GRPO."""
     sections = [
         f"<h1>{html.escape(title)}</h1>",
         f"<div>{notes}</div>" if notes else "",
