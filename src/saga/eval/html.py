@@ -169,7 +169,7 @@ def _retrieval(rows: Sequence[RetrievalRow]) -> str:
             cells.append(f"<td title='{html.escape(name, quote=True)}'>"
                          f"{_img(_png(img.convert('RGB').resize((96, 96))), style=f'border:3px solid {colour}')}"
                          f"<br><small style='color:{colour}'>{mark} {html.escape(_short(name))}</small></td>")
-        out.append(f"<div class='ret'><small>{html.escape(r.query_class)}</small>"
+        out.append(f"<div><small>{html.escape(r.query_class)}</small>"
                    f"<table class='grid'><tr>{''.join(cells)}</tr></table></div>")
     return "\n".join(out)
 

@@ -125,7 +125,8 @@ def generate_answers(model, inputs: PairInputs, split: Split, pairs: np.ndarray,
 def longest_comparison(tokenizer) -> int:
     """Tokens of the longest synthetic-world comparison (the stop token not counted)."""
     longest = {a.name: max(a.values, key=lambda v: len(tokenizer.tokenize(" " + v))) for a in SCHEMA}
-    return len(tokenizer.tokenize(format_comparison(longest, longest, same=False)))  # "match" and "mismatch": 1 token
+    # All lines say "match" here: counts right where "mismatch" is no longer (one token each in the shipped tokenizers)
+    return len(tokenizer.tokenize(format_comparison(longest, longest, same=False)))
 
 
 def comparison_budget(tokenizer) -> int:
