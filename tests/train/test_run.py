@@ -66,8 +66,8 @@ def test_saga_train_command_end_to_end(tiny_overrides, tiny_vlm_dir, tmp_path, m
                                                          (3, False)]
     train_line = lines[1]
     assert {"loss", "grpo/loss", "kl/loss", "dml/loss", "reward_mean", "frac_reward_zero_std", "verdict_accuracy",
-            "parse_failures", "clipped_ratio", "grpo/completion_length", "lr/encoder", "lr/pooler", "lr/proxies", "grad_norm"} <= set(
-        train_line)
+            "parse_failures", "clipped_ratio", "grpo/completion_length", "lr/encoder", "lr/pooler", "lr/proxies",
+            "grad_norm"} <= set(train_line)
     report_curves = inspect.signature(write_report).parameters["curve_keys"].default
     assert set(report_curves) <= set(train_line)  # the report plots what the trainer logs
     weights = cfg.weights
