@@ -61,7 +61,7 @@ class GRPOConfig:
     num_generations: int = _f(8, "G: completions sampled per image pair")
     pairs_per_step: int = _f(4, "image pairs judged per optimiser step")
     max_completion_length: int = _f(64, "completion tokens sampled at most")
-    temperature: float = _f(1.0, "sampling temperature of the rollouts")
+    temperature: float = _f(1.0, "sampling temperature of the rollouts; L_GRPO scores them at it too (TRL)")
     top_p: float = _f(1.0, "nucleus sampling threshold of the rollouts")
     scale_rewards: str = _f("group", "advantage scaling: group, batch or none (Dr. GRPO)")
     loss_type: str = _f("grpo", "token aggregation: grpo, bnpo, dr_grpo or dapo")

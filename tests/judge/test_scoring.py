@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -181,3 +183,17 @@ def test_chunked_completion_logps_match_one_chunk():
     p = head(hidden).softmax(-1)
     torch.testing.assert_close(entropies, -(p * p.log()).sum(-1).detach())
     assert completion_logps(head, hidden, targets)[1] is None
+
+
+def test_completion_logps_are_of_the_tempered_distribution():
+    # One row with logits [2, 0]: at temperature 2 they are [1, 0], so log p(0) = 1 - log(e + 1) = -0.313262.
+    head = nn.Linear(1, 2, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[2.0], [0.0]]))
+    logps, entropies = completion_logps(head, torch.ones(1, 1), torch.tensor([0]), temperature=2.0,
+                                        with_entropy=True)
+    torch.testing.assert_close(logps, torch.tensor([-0.313262]), rtol=0, atol=1e-6)
+    p = torch.tensor([math.e, 1.0]) / (math.e + 1)
+    torch.testing.assert_close(entropies, -(p * p.log()).sum()[None])
+    torch.testing.assert_close(completion_logps(head, torch.ones(1, 1), torch.tensor([0]))[0],
+                               torch.tensor([-0.126928]), rtol=0, atol=1e-6)  # 2 - log(e^2 + 1) at temperature 1

@@ -74,6 +74,8 @@ class FrozenJudge:
                        temperature=temperature, top_p=top_p, seed=seed)
 
     def score(self, enc_out: EncoderOutput, rollout: Rollout, *, attention_layers: list[int] | None = None,
-              entropies: bool = False) -> Scores:
-        """Teacher-forced log-probs of `rollout`'s completions (+ attention targets); see `saga.judge.scoring`."""
-        return score(self, enc_out, rollout, attention_layers=attention_layers, entropies=entropies)
+              entropies: bool = False, temperature: float = 1.0) -> Scores:
+        """Teacher-forced log-probs of `rollout`'s completions (+ attention targets) under the sampling
+        temperature; see `saga.judge.scoring`."""
+        return score(self, enc_out, rollout, attention_layers=attention_layers, entropies=entropies,
+                     temperature=temperature)

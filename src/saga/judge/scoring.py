@@ -10,8 +10,9 @@ DESIGN.md, "Data flow of one SAGA step": `judge.score(tokens, completions)` give
   rows that predict completion tokens go through lm_head, in chunks under activation checkpointing, so the
   (rows x vocabulary) logits never exist for the whole batch at once (8,192 rows x 151,936 float32 logits would be
   5 GB at 8B scale; REFERENCE.md section 3).
-- Log-probs are of the judge's own distribution (no temperature): with one update per rollout the GRPO ratio is
-  1 and only the gradient of log pi matters (REFERENCE.md section 2).
+- Log-probs are of the distribution the rollouts were sampled from: the judge's logits divided by the sampling
+  temperature, as TRL's GRPOTrainer does. With one update per rollout the GRPO ratio is 1 and only the gradient of
+  log pi matters (REFERENCE.md section 2).
 """
 
 from __future__ import annotations
@@ -44,9 +45,11 @@ class Scores:
     entropies: Tensor | None = None
 
 
-def _token_logps(lm_head: nn.Module, hidden: Tensor, targets: Tensor, with_entropy: bool) -> tuple[Tensor, Tensor]:
-    """log p(target) for rows of final hidden states, and their entropies (detached; empty unless asked for)."""
-    logits = lm_head(hidden).float()
+def _token_logps(lm_head: nn.Module, hidden: Tensor, targets: Tensor, with_entropy: bool,
+                 temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+    """log p(target) for rows of final hidden states under softmax(logits / temperature), and their entropies
+    (detached; empty unless asked for)."""
+    logits = lm_head(hidden).float() / temperature
     log_z = logits.logsumexp(-1)
     entropy = logits.new_zeros(0)
     if with_entropy:
@@ -56,16 +59,16 @@ def _token_logps(lm_head: nn.Module, hidden: Tensor, targets: Tensor, with_entro
 
 
 def completion_logps(lm_head: nn.Module, hidden: Tensor, targets: Tensor, *, with_entropy: bool = False,
-                     chunk_rows: int = 1024) -> tuple[Tensor, Tensor | None]:
+                     temperature: float = 1.0, chunk_rows: int = 1024) -> tuple[Tensor, Tensor | None]:
     """`_token_logps` over (M, D) rows, `chunk_rows` at a time; under autograd each chunk is checkpointed, so only
     one chunk's logits are alive in the forward and in the backward pass. Returns (M,) log-probs and (M,)
     entropies or None."""
     logps, entropies = [], []
     for h, t in zip(hidden.split(chunk_rows), targets.split(chunk_rows), strict=True):
         if torch.is_grad_enabled() and h.requires_grad:
-            lp, ent = checkpoint(_token_logps, lm_head, h, t, with_entropy, use_reentrant=False)
+            lp, ent = checkpoint(_token_logps, lm_head, h, t, with_entropy, temperature, use_reentrant=False)
         else:
-            lp, ent = _token_logps(lm_head, h, t, with_entropy)
+            lp, ent = _token_logps(lm_head, h, t, with_entropy, temperature)
         logps.append(lp)
         entropies.append(ent)
     return torch.cat(logps), torch.cat(entropies) if with_entropy else None
@@ -83,9 +86,11 @@ def _query_positions(query_mask: Tensor, offset: int) -> tuple[Tensor, Tensor]:
 
 
 def score(judge: FrozenJudge, enc_out: EncoderOutput, rollout: Rollout, *,
-          attention_layers: list[int] | None = None, entropies: bool = False, chunk_rows: int = 1024) -> Scores:
+          attention_layers: list[int] | None = None, entropies: bool = False, temperature: float = 1.0,
+          chunk_rows: int = 1024) -> Scores:
     """Score `rollout` (made from the same encoder batch, 2P images a0, b0, ...) with `enc_out` as the images.
 
+    temperature: the one the rollout was sampled at (log-probs and entropies are of softmax(logits / temperature)).
     attention_layers: LLM layer indexes (negative from the end) whose attention from the verdict tokens to the image
     tokens is returned (`saga.judge.attention`); None or [] for none. entropies: also return per-token entropies.
     """
@@ -118,7 +123,8 @@ def score(judge: FrozenJudge, enc_out: EncoderOutput, rollout: Rollout, *,
     start = rollout.prompt_length - 1
     predicting = hidden[:, start:start + mask.shape[1]][mask]
     token_logps, token_entropies = completion_logps(model.lm_head, predicting, rollout.completion_ids.to(device)[mask],
-                                                    with_entropy=entropies, chunk_rows=chunk_rows)
+                                                    with_entropy=entropies, temperature=temperature,
+                                                    chunk_rows=chunk_rows)
     zeros = torch.zeros(mask.shape, dtype=torch.float32, device=device)
     return Scores(
         logps=zeros.masked_scatter(mask, token_logps),

@@ -92,11 +92,13 @@ def saga_step(parts: Parts, cfg: TrainConfig, batch: Batch, step: int) -> StepRe
     # 4. Teacher-forced log-probs with grad into the encoder's tokens (and DeepStack features), plus the judge's
     #    attention from its verdict tokens over each image's tokens (no grad), the L_KL target.
     use_kl = cfg.weights.kl > 0
-    scores = judge.score(pair_out, rollout, attention_layers=cfg.attention.layers if use_kl else None)
+    scores = judge.score(pair_out, rollout, attention_layers=cfg.attention.layers if use_kl else None,
+                         temperature=g.temperature)
     ref_logps = None
     if parts.reference is not None:  # beta > 0: k3 KL to the initial encoder (DeepSeekMath eq. 4)
         with torch.no_grad():
-            ref_logps = judge.score(parts.reference(**batch.inputs).take(order), rollout, attention_layers=None).logps
+            ref_logps = judge.score(parts.reference(**batch.inputs).take(order), rollout, attention_layers=None,
+                                    temperature=g.temperature).logps
     completion_mask = rollout.completion_mask.to(scores.logps.device)
     grpo = grpo_loss(scores.logps, advantages.to(scores.logps.device), completion_mask, loss_type=g.loss_type,
                      ref_logps=ref_logps, beta=g.beta, epsilon_low=g.epsilon_low, epsilon_high=g.epsilon_high,
