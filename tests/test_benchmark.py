@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from saga.benchmark import format_results, load_table, summarise
+from saga.benchmark import format_results, load_table, run_table, summarise, write_results
 from saga.cli import main
 from saga.errors import ConfigError
 
@@ -52,6 +52,22 @@ def test_benchmark_runs_every_row_and_seed_then_reuses_finished_runs(table, tmp_
     main(["benchmark", "--config", str(table), "--seeds", "0", "--out", str(out)])
     printed = capsys.readouterr().out
     assert printed.count("reusing") == 3 and "steps ->" not in printed
+
+
+def test_partial_results_are_written_after_every_run_and_say_so(table, tmp_path):
+    t, out, snapshots = load_table(table), tmp_path / "bench", []
+
+    def write(partial):
+        snapshots.append(sum(len(r) for r in partial.values()))
+        write_results(partial, out, "saga benchmark", t, runs=6)
+
+    results = run_table(t, [0, 1], out, on_result=write)
+    assert snapshots == [1, 2, 3, 4, 5, 6]
+    assert json.loads((out / "results.json").read_text())["complete"]
+    del results["SAGA w/o L_KL"]
+    write_results(results, out, "saga benchmark", t, runs=6)
+    assert not json.loads((out / "results.json").read_text())["complete"]
+    assert "Incomplete: 4 of 6 runs" in (out / "results.md").read_text()
 
 
 def test_summarise_and_format():

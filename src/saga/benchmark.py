@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,8 +105,10 @@ def ensure_world(table: Table) -> None:
                        size=w.get("size", 128), seed=w.get("seed", 0), preview=True)
 
 
-def run_table(table: Table, seeds: list[int], out_dir: str | Path, extra: list[str] = ()) -> dict:
-    """Train and evaluate every row for every seed; returns {row name: {seed: metrics}}."""
+def run_table(table: Table, seeds: list[int], out_dir: str | Path, extra: list[str] = (),
+              on_result: Callable[[dict], None] | None = None) -> dict:
+    """Train and evaluate every row for every seed; returns {row name: {seed: metrics}}. `on_result` gets the
+    results so far after every run (e.g. to write a partial table that survives an interruption)."""
     from saga.train import train
 
     ensure_world(table)
@@ -121,6 +124,8 @@ def run_table(table: Table, seeds: list[int], out_dir: str | Path, extra: list[s
             else:
                 print(f"== {row.name}, seed {seed}: reusing {cfg.out_dir}")
             results.setdefault(row.name, {})[seed] = metrics
+            if on_result is not None:
+                on_result(results)
     return results
 
 
@@ -145,16 +150,19 @@ def format_results(results: dict, keys=REPORT_KEYS, markdown: bool = False) -> s
     return text
 
 
-def write_results(results: dict, out_dir: str | Path, command: str, table: Table) -> Path:
-    """results.json (every seed's metrics, means, stds, the command, environment) and results.md."""
+def write_results(results: dict, out_dir: str | Path, command: str, table: Table, runs: int | None = None) -> Path:
+    """results.json (every seed's metrics, means, stds, the command, environment) and results.md. `runs`: how
+    many (row, seed) runs the table has, when `results` may hold fewer (a partial table says so)."""
     from saga.utils import environment
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     means, stds = summarise(results)
-    doc = {"command": command, "table": str(table.path), "results": {n: {str(s): m for s, m in r.items()}
-                                                                      for n, r in results.items()},
+    done = sum(len(r) for r in results.values())
+    doc = {"command": command, "table": str(table.path), "complete": runs is None or done >= runs,
+           "results": {n: {str(s): m for s, m in r.items()} for n, r in results.items()},
            "mean": means, "std": stds, "environment": environment()}
+    note = "" if doc["complete"] else f"**Incomplete: {done} of {runs} runs so far.**\n\n"
     (out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
-    (out / "results.md").write_text(f"`{command}`\n\n{format_results(results, markdown=True)}\n")
+    (out / "results.md").write_text(f"`{command}`\n\n{note}{format_results(results, markdown=True)}\n")
     return out / "results.json"

@@ -95,7 +95,7 @@ def cmd_judge_pretrain(args: argparse.Namespace) -> int:
     from saga.judge.pretrain import pretrain_judge
 
     summary = pretrain_judge(args.out, preset=args.preset, seed=args.seed, device=args.device,
-                             steps=args.steps)
+                             steps=args.steps, save_dtype=args.save_dtype)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -104,7 +104,7 @@ def cmd_judge_eval(args: argparse.Namespace) -> int:
     from saga.judge.evaluate import evaluate_judge
 
     res = evaluate_judge(args.judge, dataset=args.dataset, root=args.root, split=args.split,
-                         pairs=args.pairs, seed=args.seed, device=args.device)
+                         pairs=args.pairs, seed=args.seed, device=args.device, encoder=args.encoder)
     for k, v in res.items():
         print(f"{k:32s} {v:.4f}" if isinstance(v, float) else f"{k:32s} {v}")
     _write_json(res, args.json)
@@ -126,8 +126,10 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from saga.benchmark import format_results, load_table, run_table, write_results
 
     table = load_table(args.config)
-    results = run_table(table, args.seeds, args.out, args.overrides)
     command = "saga " + " ".join(sys.argv[1:] if args.argv is None else args.argv)
+    runs = len(table.rows) * len(args.seeds)
+    results = run_table(table, args.seeds, args.out, args.overrides,
+                        on_result=lambda partial: write_results(partial, args.out, command, table, runs))
     path = write_results(results, args.out, command, table)
     print("\n" + format_results(results) + f"\n\nwrote {path}")
     return 0
@@ -193,9 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--device", default="auto")
+    q.add_argument("--save-dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="dtype of the saved weights (bfloat16: half the size)")
     q.set_defaults(func=cmd_judge_pretrain)
     q = judge.add_parser("eval", help="verdict accuracy of a judge on pairs of a dataset split")
     q.add_argument("--judge", required=True, help="judge directory or hub id")
+    q.add_argument("--encoder", help="a `saga train` export folder: the judge reads the images through its tower")
     q.add_argument("--dataset", default="synth", choices=DATASETS)
     q.add_argument("--root", required=True)
     q.add_argument("--split", default="test", choices=["train", "test"])

@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 import saga.judge.evaluate as ev
 from saga.data import load_dataset
@@ -10,6 +11,8 @@ from saga.data.synth import generate_world
 from saga.errors import CheckpointError
 from saga.judge.pretrain import JUDGE_PRESETS, build_judge
 from saga.judge.prompts import format_comparison
+from saga.models import ImagePreprocessor, VisionEncoder, build_pooler, load_vlm
+from saga.train import export_model, load_trained
 
 # The tiny judge's geometry at 64 px (4 tokens per image), random weights: evaluation only needs its answers.
 MINI = dataclasses.replace(JUDGE_PRESETS["tiny"], image_size=64)
@@ -116,7 +119,43 @@ def test_cli_writes_the_results(world, judge, tmp_path, capsys):
     from saga.cli import main
 
     out = tmp_path / "eval.json"
+    encoder = _export(tmp_path / "export", *load_vlm(judge, device="cpu"))
     assert main(["judge", "eval", "--judge", str(judge), "--root", str(world), "--pairs", "2", "--device", "cpu",
-                 "--json", str(out)]) == 0
+                 "--encoder", str(encoder), "--json", str(out)]) == 0
     saved = json.loads(out.read_text())
-    assert saved["pairs_balanced"] == 2 and "accuracy_balanced" in capsys.readouterr().out
+    assert saved["pairs_balanced"] == 2 and saved["encoder"] == str(encoder)
+    assert "accuracy_balanced" in capsys.readouterr().out
+
+
+def _export(out, model, processor, image_size=64, noise=0.0):
+    """A `saga train`-style export of (a copy of) the judge's tower, its weights moved by `noise`."""
+    encoder = VisionEncoder.from_vlm(model)
+    with torch.no_grad():
+        for p in encoder.parameters():
+            p.add_(noise * torch.randn_like(p))
+    return export_model(out, encoder, build_pooler("mean", encoder.out_dim), ImagePreprocessor(processor, image_size),
+                        {"method": "test"})
+
+
+def test_the_judge_reads_through_an_exported_encoder(world, judge, tmp_path):
+    model, processor = load_vlm(judge, device="cpu")
+    own = ev.evaluate_judge(judge, "synth", world, "test", pairs=6, device="cpu", max_new_tokens=6)
+    same_tower = ev.evaluate_judge(judge, "synth", world, "test", pairs=6, device="cpu", max_new_tokens=6,
+                                   encoder=_export(tmp_path / "same", model, processor))
+    assert same_tower["encoder"] == str(tmp_path / "same")
+    assert {k: v for k, v in same_tower.items() if k not in ("encoder", "seconds", "pairs_per_second")} \
+        == {k: v for k, v in own.items() if k not in ("encoder", "seconds", "pairs_per_second")}
+
+    torch.manual_seed(0)
+    moved = _export(tmp_path / "moved", model, processor, noise=0.5)
+    assert ev.use_encoder(model, moved) == 64
+    exported = load_trained(moved)[0].tower.state_dict()
+    assert all(torch.equal(v, exported[k]) for k, v in model.model.visual.state_dict().items())
+
+
+def test_an_encoder_of_another_geometry_is_refused(judge, tmp_path):
+    model, processor = load_vlm(judge, device="cpu")
+    other, _ = build_judge(dataclasses.replace(MINI, vision_config={**MINI.vision_config, "hidden_size": 64}))
+    folder = _export(tmp_path / "other", other, processor)
+    with pytest.raises(CheckpointError, match="does not fit the judge's vision tower"):
+        ev.use_encoder(model, folder)

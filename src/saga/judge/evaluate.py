@@ -8,6 +8,10 @@ Two pair sets, both drawn deterministically from `seed`:
 With class attributes the comparison lines are scored too: "attribute_accuracy" is the share of attribute values
 (each attribute, each image of a pair) that the answer states correctly, a missing line counting as wrong.
 
+With `encoder` (a `saga train` export folder), the judge reads the images through that trained tower instead of its
+own: how well the frozen judge sees the unseen classes through the encoder that SAGA's L_GRPO trained (the RL
+objective, measured greedily on test pairs), beside the same number for the judge's own tower.
+
 An answer without a verdict (`prompts.parse_verdict` -> None) counts as unparseable and as wrong, as it earns no
 reward in SAGA (REFERENCE.md §1). For every set, correct + wrong + unparseable = pairs.
 """
@@ -29,6 +33,7 @@ from saga.errors import CheckpointError, DataError
 from saga.judge.pairs import PairInputs
 from saga.judge.prompts import format_comparison, parse_comparison, parse_verdict
 from saga.models import load_vlm
+from saga.train.export import load_trained
 
 DEFAULT_IMAGE_SIZE = 224  # for judges without a pretrain.json (e.g. a real Qwen3-VL): 49 tokens per image
 FREE_TEXT_TOKENS = 256  # answer budget where the judge's comparison format is not known
@@ -134,16 +139,31 @@ def comparison_budget(tokenizer) -> int:
     return longest_comparison(tokenizer) + 8
 
 
+def use_encoder(model, export_dir: str | Path) -> int:
+    """Put the tower weights of a `saga train` export into the judge's own tower, in place; returns the export's
+    image size. The export must be a tower of the judge's geometry (SAGA's encoder is a copy of it)."""
+    encoder, _, preprocessor = load_trained(export_dir)
+    tower = model.model.visual
+    try:
+        tower.load_state_dict(encoder.tower.state_dict(), strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{export_dir}: its encoder does not fit the judge's vision tower ({e})") from None
+    return preprocessor.side
+
+
 def evaluate_judge(judge_dir: str | Path, dataset: str = "synth", root: str | Path = "", split: str = "test",
-                   pairs: int = 200, seed: int = 0, device: str = "auto", *, batch_size: int = 32,
-                   image_size: int | None = None, max_new_tokens: int | None = None) -> dict:
+                   pairs: int = 200, seed: int = 0, device: str = "auto", *, encoder: str | Path | None = None,
+                   batch_size: int = 32, image_size: int | None = None, max_new_tokens: int | None = None) -> dict:
     """Verdict (and, with class attributes, attribute) accuracy of the judge at `judge_dir` on `pairs` balanced
-    pairs and `pairs` one-attribute pairs of a dataset split. Returns a flat dict (see the module docstring)."""
+    pairs and `pairs` one-attribute pairs of a dataset split, read through its own tower or `encoder` (an export
+    folder). Returns a flat dict (see the module docstring)."""
     if pairs < 2:
         raise DataError(f"--pairs must be at least 2 (one same and one different pair), got {pairs}")
     splits = load_dataset(dataset, root)
     data, attributes = getattr(splits, split), splits.class_attributes
     model, processor = load_vlm(judge_dir, device=device)
+    if encoder is not None:
+        image_size = image_size or use_encoder(model, encoder)
     inputs = PairInputs(processor, image_size or judge_image_size(judge_dir), dataset)
     if max_new_tokens is None:
         max_new_tokens = comparison_budget(inputs.tokenizer) if attributes else FREE_TEXT_TOKENS
@@ -155,7 +175,8 @@ def evaluate_judge(judge_dir: str | Path, dataset: str = "synth", root: str | Pa
         close = one_attribute_pairs(data.labels, attributes, pairs, rng)
         if len(close):
             sets["one_attribute"] = (close, np.zeros(len(close), dtype=bool))
-    result: dict = {"judge": str(judge_dir), "dataset": dataset, "split": split}
+    result: dict = {"judge": str(judge_dir), "encoder": None if encoder is None else str(encoder),
+                    "dataset": dataset, "split": split}
     attribute_counts: dict[str, list[int]] = {}
     total_unparseable = total_pairs = 0
     for name, (idx, same) in sets.items():
