@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from saga.errors import ConfigError
 from saga.judge.pairs import PairInputs
@@ -27,9 +28,11 @@ def test_lr_schedule():
     assert _lr_factor(55, 10, 100) == pytest.approx(0.55)  # half-way through the decay: 0.1 + 0.9 / 2
 
 
-def test_unknown_preset():
+def test_unknown_preset_and_save_dtype():
     with pytest.raises(ConfigError, match="unknown judge preset"):
         pretrain_judge("unused", preset="huge")
+    with pytest.raises(ConfigError, match="save_dtype"):
+        pretrain_judge("unused", preset=MINI, save_dtype="float16")
 
 
 def _changed(model, before):
@@ -55,16 +58,20 @@ def test_stage_one_trains_the_tower_and_only_the_tower():
 
 
 def test_pretrain_writes_a_loadable_judge_whose_loss_decreased(tmp_path):
-    summary = pretrain_judge(tmp_path / "judge", preset=MINI, seed=0, device="cpu", workers=0)
+    summary = pretrain_judge(tmp_path / "judge", preset=MINI, seed=0, device="cpu", workers=0,
+                             save_dtype="bfloat16")
     assert summary["steps"] == 25 and summary["final_loss"] < 0.7 * summary["initial_loss"]
+    assert {t.dtype for t in load_file(tmp_path / "judge" / "model.safetensors").values()} == {torch.bfloat16}
     assert summary["reading_steps"] == 3 and summary["vision_steps"] == 4
     saved = json.loads((tmp_path / "judge" / "pretrain.json").read_text())
     assert saved["final_loss"] == summary["final_loss"] and saved["image_size"] == 64
     assert saved["command"].startswith("saga judge pretrain --out ") and "versions" in saved["environment"]
     assert saved["excluded_world"] == {"num_classes": 200, "seed": 0}
     assert (tmp_path / "judge" / "generation_config.json").is_file()
+    assert saved["command"].endswith("--save-dtype bfloat16")
     model, processor = load_vlm(tmp_path / "judge", device="cpu")
     assert sum(p.numel() for p in model.parameters()) == summary["parameters"]
+    assert model.dtype == torch.float32  # a CPU judge computes in float32 whatever it was saved in
     batch = PairInputs(processor, 64)([Image.new("RGB", (64, 64))] * 2)
     with torch.no_grad():
         out = model.generate(**batch, max_new_tokens=4, do_sample=False)

@@ -84,7 +84,9 @@ class JudgePreset:
 
 
 JUDGE_PRESETS: dict[str, JudgePreset] = {
-    # CPU: 1.5 M parameters (tower 0.97 M), about 6 minutes on 2 cores.
+    # CPU: 1.5 M parameters (tower 0.97 M), about 10 minutes on 2 cores. Stage 1 is most of the judge's sight:
+    # with 700 steps the judge read shapes, patterns and leg colour near chance; with 2,200 it reads all but the
+    # bill and tail shapes (assets/judge-tiny/README.md).
     "tiny": JudgePreset(
         base="tiny",
         vision_config={"depth": 2, "hidden_size": 96, "intermediate_size": 384, "num_heads": 2,
@@ -92,12 +94,19 @@ JUDGE_PRESETS: dict[str, JudgePreset] = {
         text_config={"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 2,
                      "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32, "mrope_section": [6, 5, 5]},
         vocab_size=1024, image_size=128, steps=800, batch_size=16, lr=2e-3, warmup=50,
-        reading_steps=200, vision_steps=700, vision_ramp=350),
-    # GPU (untested on a GPU so far): the models "small" geometry (about 30 M parameters), longer, bigger batches.
+        reading_steps=200, vision_steps=2200, vision_ramp=1100),
+    # GPU (untested on a GPU so far): 13.9 M parameters, the models "small" tower (10.5 M: the capacity to see
+    # shapes and patterns) with a lighter LLM (256 wide, 4 layers: it only reads and writes ten attribute lines).
+    # Sized for the lent GPU machine: in bfloat16 it is 28 MB, so it travels with the repository between
+    # sessions (64 MiB in all), and its pretraining fits one 10-minute command. Rendering bounds it: about 235
+    # images per CPU-second (measured on this machine's cores), so ~3,300 images/s with 15 render workers; stage 1
+    # renders 384 k photos (~2 min) and stage 2 768 k (~4 min).
     "small": JudgePreset(
-        base="small", vision_config={}, text_config={}, vocab_size=2048, image_size=128, steps=8000,
-        batch_size=64, lr=6e-4, warmup=300, reading_steps=1000, vision_steps=3000, vision_batch_size=128,
-        vision_ramp=1500),
+        base="small", vision_config={},
+        text_config={"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4, "num_attention_heads": 4,
+                     "num_key_value_heads": 2, "head_dim": 64, "mrope_section": [12, 10, 10]},
+        vocab_size=2048, image_size=128, steps=6000, batch_size=64, lr=6e-4, warmup=300, reading_steps=1000,
+        vision_steps=3000, vision_batch_size=128, vision_ramp=1500),
 }
 
 
@@ -221,11 +230,14 @@ def _cpus() -> int:
 
 
 def pretrain_judge(out: str | Path, preset: str | JudgePreset = "tiny", seed: int = 0, device: str = "auto",
-                   steps: int | None = None, *, workers: int | None = None) -> dict:
+                   steps: int | None = None, *, workers: int | None = None, save_dtype: str = "float32") -> dict:
     """Build and pretrain a judge (stages 0, 1, 2 of the module docstring), save it to `out` (loadable offline
     with `load_vlm(out)`), and return the summary that is also written to out/pretrain.json. `preset`: a name
     of `JUDGE_PRESETS` or a `JudgePreset`; `steps` overrides its number of pair steps; `workers`: rendering
-    processes (default 1 on CPU, up to 8 on GPU; 0 renders in-process)."""
+    processes (default 1 on CPU, one per core but one on GPU; 0 renders in-process); `save_dtype`: of the saved
+    weights ("bfloat16" halves the files; a GPU judge runs in bfloat16 anyway, a CPU one casts up on loading)."""
+    if save_dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"save_dtype must be float32 or bfloat16, got {save_dtype!r}")
     spec = resolve_preset(preset)
     name = preset if isinstance(preset, str) else "custom"
     steps = spec.steps if steps is None else steps
@@ -236,14 +248,16 @@ def pretrain_judge(out: str | Path, preset: str | JudgePreset = "tiny", seed: in
     model, processor = build_judge(spec, seed)
     model.to(device_)
     if workers is None:
-        workers = 1 if device_.type == "cpu" else min(8, _cpus())
+        workers = 1 if device_.type == "cpu" else max(1, _cpus() - 1)  # the GPU waits on rendering otherwise
     threads = torch.get_num_threads()
-    if device_.type == "cpu":
-        torch.set_num_threads(max(1, _cpus() - workers))
     stream = PairStream(PairInputs(processor, spec.image_size), spec.batch_size, seed, excluded_combinations())
     start = time.perf_counter()
     try:
+        if device_.type == "cpu":  # stage 0 renders nothing: every core (1.75x faster than one on 2 cores)
+            torch.set_num_threads(_cpus())
         stages = warm_up_reading(model, processor, spec, seed, device_) if spec.reading_steps else {}
+        if device_.type == "cpu":
+            torch.set_num_threads(max(1, _cpus() - workers))
         if spec.vision_steps:
             stages.update(warm_up_vision(model, processor, spec, seed, device_, workers))
         pairs_start = time.perf_counter()
@@ -257,7 +271,8 @@ def pretrain_judge(out: str | Path, preset: str | JudgePreset = "tiny", seed: in
     wall = time.perf_counter() - start
 
     out.mkdir(parents=True, exist_ok=True)
-    model.eval().to("cpu").save_pretrained(out)  # with its generation config (stop tokens, suppressed tokens)
+    # With its generation config (stop tokens, suppressed tokens).
+    model.eval().to("cpu", getattr(torch, save_dtype)).save_pretrained(out)
     processor.save_pretrained(out)
     summary = {
         "preset": name, "config": dataclasses.asdict(spec), "parameters": sum(p.numel() for p in model.parameters()),
@@ -269,8 +284,10 @@ def pretrain_judge(out: str | Path, preset: str | JudgePreset = "tiny", seed: in
         "initial_loss": float(np.mean(losses[:max(1, min(50, steps // 10))])), "final_loss": _tail(losses), **stages,
         "excluded_world": {"num_classes": EXCLUDED_WORLD[0], "seed": EXCLUDED_WORLD[1]},
         "pair_mix": {"same": SAME_SHARE, "different_by_k": [list(m) for m in NEGATIVE_MIX]},
+        "save_dtype": save_dtype,
         "command": shlex.join(["saga", "judge", "pretrain", "--out", str(out), "--preset", name,
-                               "--steps", str(steps), "--seed", str(seed), "--device", device]),
+                               "--steps", str(steps), "--seed", str(seed), "--device", device,
+                               "--save-dtype", save_dtype]),
         "argv": sys.argv, "environment": environment(),
     }
     (out / "pretrain.json").write_text(json.dumps(summary, indent=2) + "\n")
