@@ -15,10 +15,14 @@ $(BIN)/saga: pyproject.toml
 
 venv: $(BIN)/saga
 
+# For the lent GPU machine (bench/gpu_session.sh): wheels of the dependencies its image lacks, carried in .whl/.
+wheels: $(BIN)/saga
+	$(BIN)/python -m pip download -q --no-deps -d .whl pytorch-metric-learning
+
 demo: $(BIN)/saga
 	$(BIN)/saga demo
 
 test: $(BIN)/saga
 	$(BIN)/python -m pytest -q
 
-.PHONY: venv demo test
+.PHONY: venv wheels demo test
