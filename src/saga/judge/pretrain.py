@@ -84,7 +84,7 @@ class JudgePreset:
 
 
 JUDGE_PRESETS: dict[str, JudgePreset] = {
-    # CPU: 1.5 M parameters (tower 0.97 M), about 10 minutes on 2 cores. Stage 1 is most of the judge's sight:
+    # CPU: 1.5 M parameters (tower 0.97 M), 554 s on 2 idle cores. Stage 1 is most of the judge's sight:
     # with 700 steps the judge read shapes, patterns and leg colour near chance; with 2,200 it reads all but the
     # bill and tail shapes (assets/judge-tiny/README.md).
     "tiny": JudgePreset(
@@ -97,10 +97,10 @@ JUDGE_PRESETS: dict[str, JudgePreset] = {
         reading_steps=200, vision_steps=2200, vision_ramp=1100),
     # GPU (untested on a GPU so far): 13.9 M parameters, the models "small" tower (10.5 M: the capacity to see
     # shapes and patterns) with a lighter LLM (256 wide, 4 layers: it only reads and writes ten attribute lines).
-    # Sized for the lent GPU machine: in bfloat16 it is 28 MB, so it travels with the repository between
-    # sessions (64 MiB in all), and its pretraining fits one 10-minute command. Rendering bounds it: about 235
-    # images per CPU-second (measured on this machine's cores), so ~3,300 images/s with 15 render workers; stage 1
-    # renders 384 k photos (~2 min) and stage 2 768 k (~4 min).
+    # Sized for the lent GPU machine: in bfloat16 it is 28 MB, so it travels with the repository between sessions
+    # (64 MiB in all), and its pretraining should fit one 10-minute command (an estimate, not yet timed on a GPU).
+    # Rendering bounds it: about 235 images per CPU-second (measured on this machine's cores), so ~3,300 images/s
+    # with 15 render workers; stage 1 renders 384 k photos (~2 min) and stage 2 768 k (~4 min).
     "small": JudgePreset(
         base="small", vision_config={},
         text_config={"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4, "num_attention_heads": 4,
