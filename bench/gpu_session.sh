@@ -50,7 +50,8 @@ judge() {
     # The small judge (issue 3), saved in bfloat16 (28 MB: it travels), then 1000 + 1000 test pairs.
     "$PY" -m saga.cli judge pretrain --out runs/judge-small --preset small --device cuda --save-dtype bfloat16
     cp runs/judge-small/pretrain.json "$OUT/judge_small_pretrain.json"
-    "$PY" -m saga.cli synth --out data/synth --classes 200 --images-per-class 60 --size 128 --seed 0
+    # table.yaml's world (data/synth), rendered unless a complete one is there; the table stage reads it too.
+    "$PY" -c "from saga.benchmark import ensure_world, load_table; ensure_world(load_table('configs/synth/table.yaml'))"
     "$PY" -m saga.cli judge eval --judge runs/judge-small --dataset synth --root data/synth --split test \
         --pairs 1000 --device cuda --json "$OUT/judge_small_eval.json"
     tar -c -C runs judge-small | split -b 15M - "$OUT/judge-small.tar."

@@ -95,11 +95,11 @@ def ensure_world(table: Table) -> None:
     """Render the table's synthetic world unless a complete one is already there."""
     if not table.world:
         return
-    from saga.data.synth import generate_world
+    from saga.data.synth.generate import generate_world, world_complete
 
     w = dict(table.world)
     out = Path(w.pop("out"))
-    if not (out / "world.json").exists():
+    if not world_complete(out):  # world.json alone is what an interrupted render leaves
         print(f"rendering the synthetic world into {out} ...")
         generate_world(out, num_classes=w.get("classes", 200), images_per_class=w.get("images_per_class", 60),
                        size=w.get("size", 128), seed=w.get("seed", 0), preview=True)

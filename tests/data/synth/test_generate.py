@@ -3,6 +3,7 @@ and worker counts, the preview, and refusal to overwrite foreign folders."""
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,14 @@ def test_rerun_replaces_a_world_but_not_a_foreign_folder(tmp_path, capsys):
     assert "not a world written by `saga synth`" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="size must be at least 32"):
         generate_world(tmp_path / "small", 2, 1, 16)
+
+
+def test_world_complete_tells_a_finished_world_from_an_interrupted_one(world, tmp_path):
+    from saga.data.synth.generate import world_complete
+
+    assert world_complete(world)
+    interrupted = tmp_path / "interrupted"
+    shutil.copytree(world, interrupted)
+    (interrupted / "attributes" / "image_attribute_labels.txt").unlink()  # killed before the last annotation file
+    assert not world_complete(interrupted)
+    assert not world_complete(tmp_path / "missing")

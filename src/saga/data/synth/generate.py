@@ -75,6 +75,14 @@ def _cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def world_complete(out: str | Path) -> bool:
+    """Whether `out` holds a whole `generate_world` output: world.json is written first (so that a rerun recognises
+    an interrupted world and replaces it), the annotation files last, after every image; the attribute labels are
+    the last of those (`write_cub_files`)."""
+    out = Path(out)
+    return (out / WORLD_FILE).is_file() and (out / "attributes" / "image_attribute_labels.txt").is_file()
+
+
 def generate_world(out: str | Path, num_classes: int = 200, images_per_class: int = 60, size: int = 128,
                    seed: int = 0, preview: bool = False, workers: int = 0) -> Path:
     """Render `num_classes` x `images_per_class` images of `size` px into `out` (CUB_200_2011 layout plus

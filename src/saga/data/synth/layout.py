@@ -47,7 +47,8 @@ def attribute_names() -> list[str]:
 
 def write_cub_files(out: Path, classes: Sequence[SynthClass], images_per_class: int,
                     boxes: Sequence[Sequence[Box]]) -> None:
-    """All annotation files; `boxes[k][i]` is the box of image i of classes[k]."""
+    """All annotation files; `boxes[k][i]` is the box of image i of classes[k]. The attribute labels are written
+    last: `generate.world_complete` takes them as the sign of a finished world."""
     images, labels, split, bbox, attr_lines = [], [], [], [], []
     names = attribute_names()
     for cls, class_boxes in zip(classes, boxes):
