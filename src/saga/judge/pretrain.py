@@ -18,8 +18,9 @@ pairs, differing for 97 % of the others) but gave one verdict to every pair: 50 
 
 Other choices: 128 px images (16 tokens each, the benchmark's native size; at 64 px an image is 4 tokens of 32 x
 32 px and the eye ring, bill and wing marks fall inside single patches); AdamW with a short warm-up and cosine
-decay; on CPU, torch gets the cores the render worker leaves free (OpenMP threads spin while they wait, and one
-fighting a worker for a core made a step 30x slower on 2 cores: 12 s instead of 0.35 s).
+decay; on CPU, stages 1 and 2 give torch the cores the render worker leaves free (OpenMP threads spin while they
+wait, and one fighting a worker for a core made a step 30x slower on 2 cores: 12 s instead of 0.35 s), and stage
+0, which renders nothing, gets every core.
 """
 
 from __future__ import annotations
