@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from saga.benchmark import format_results, load_table, run_table, summarise, write_results
+from saga.benchmark import Row, Table, ensure_world, format_results, load_table, run_table, summarise, write_results
 from saga.cli import main
 from saga.errors import ConfigError
 
@@ -76,6 +76,17 @@ def test_summarise_and_format():
     assert means["A"]["R@1"] == pytest.approx(0.6) and stds["A"]["R@1"] == pytest.approx(0.1)
     text = format_results(results, keys=("R@1", "NMI"))
     assert "60.0" in text and "10.0" in text
+
+
+def test_a_finished_world_is_reused_only_if_its_parameters_are_the_tables(synth_world, tmp_path):
+    rows = [Row("r", tmp_path / "r.yaml")]
+    world = {"out": str(synth_world), "classes": 6, "images_per_class": 4, "size": 64, "seed": 0}
+    stamp = (synth_world / "world.json").stat().st_mtime_ns
+    ensure_world(Table(rows, world=world))  # the same world: kept as it is
+    assert (synth_world / "world.json").stat().st_mtime_ns == stamp
+    with pytest.raises(ConfigError, match=r"world\.json: .*images_per_class 4 \(table: 5\), seed 0 \(table: 1\)"):
+        ensure_world(Table(rows, world={**world, "images_per_class": 5, "seed": 1}))
+    assert (synth_world / "world.json").stat().st_mtime_ns == stamp  # and nothing was removed
 
 
 def test_table_errors_name_the_file(tmp_path):

@@ -95,14 +95,22 @@ def ensure_world(table: Table) -> None:
     """Render the table's synthetic world unless a complete one is already there."""
     if not table.world:
         return
-    from saga.data.synth.generate import generate_world, world_complete
+    from saga.data.synth.generate import WORLD_FILE, generate_world, world_complete
 
     w = dict(table.world)
     out = Path(w.pop("out"))
+    wanted = {"num_classes": w.get("classes", 200), "images_per_class": w.get("images_per_class", 60),
+              "size": w.get("size", 128), "seed": w.get("seed", 0)}
     if not world_complete(out):  # world.json alone is what an interrupted render leaves
         print(f"rendering the synthetic world into {out} ...")
-        generate_world(out, num_classes=w.get("classes", 200), images_per_class=w.get("images_per_class", 60),
-                       size=w.get("size", 128), seed=w.get("seed", 0), preview=True)
+        generate_world(out, **wanted, preview=True)
+        return
+    # A finished world of other parameters would silently give another benchmark: refuse it, delete nothing.
+    found = json.loads((out / WORLD_FILE).read_text())
+    differ = [f"{k} {found.get(k)} (table: {v})" for k, v in wanted.items() if found.get(k) != v]
+    if differ:
+        raise ConfigError(f"{out / WORLD_FILE}: this world was rendered with {', '.join(differ)}; remove {out} to "
+                          "re-render it, or point the table's world.out elsewhere")
 
 
 def run_table(table: Table, seeds: list[int], out_dir: str | Path, extra: list[str] = (),
