@@ -84,6 +84,8 @@ class DMLConfig:
     loss: str = _f("auto", "proxy_anchor, potential_field, or auto (the baseline's own; proxy_anchor for saga)")
     batch_size: int = _f(32, "images per step (m-per-class batch); the SAGA pairs are drawn from it")
     m_per_class: int = _f(4, "images per class in a batch")
+    neighbour_classes: int = _f(0, "pair each batch class with one of its k nearest classes under the initial "
+                                   "encoder, so in-batch negatives are near misses; 0 = random classes")
     margin: float | None = _f(None, "Proxy Anchor delta; None = its default 0.1")
     alpha: float | None = _f(None, "Proxy Anchor alpha (default 32) / Potential Field exponent (default 1)")
     proxies_per_class: int | None = _f(None, "Potential Field proxies per class; None = its default 15")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from saga.data.samplers import MPerClassSampler, PairSampler
+from saga.data.samplers import MPerClassSampler, PairSampler, nearest_classes
 from saga.errors import ConfigError
 
 # 6 classes with dataset ids 10..15; class 15 has only 2 images (fewer than m = 4).
@@ -53,6 +53,32 @@ def test_m_per_class_determinism_and_epochs():
     a.set_epoch(1)
     assert list(a) != first
     assert list(MPerClassSampler(LABELS, m=2, batch_size=6, seed=2)) != first
+
+
+def test_nearest_classes_rank_class_means_by_cosine():
+    # Class means (1, 0), (0.9, 0.1) and (0, 1), as two images each; labels unsorted, ids not 0-based.
+    emb = np.array([[1, 0], [0, 1], [0.9, 0.1], [1, 0], [0.9, 0.1], [0, 1]])
+    labels = np.array([5, 9, 7, 5, 7, 9])
+    assert nearest_classes(emb, labels, 1).tolist() == [[1], [0], [1]]  # 5 -> 7, 7 -> 5, 9 -> 7
+    assert nearest_classes(emb, labels, 2).tolist() == [[1, 2], [0, 2], [1, 0]]
+    with pytest.raises(ConfigError, match="between 1 and 2"):
+        nearest_classes(emb, labels, 3)
+
+
+def test_neighbour_batches_pair_each_class_with_a_neighbour_and_stay_balanced():
+    labels = np.repeat(np.arange(8), 10)
+    neighbours = np.array([[c ^ 1] for c in range(8)])  # 0-1, 2-3, 4-5, 6-7 are siblings
+    sampler = MPerClassSampler(labels, m=2, batch_size=8, seed=0, neighbours=neighbours)  # 4 classes a batch
+    uses = Counter()
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        for batch in sampler:
+            classes = set(labels[batch].tolist())
+            assert len(classes) == 4 and all(c ^ 1 in classes for c in classes)
+            uses.update(classes)
+    assert max(uses.values()) - min(uses.values()) <= 2
+    with pytest.raises(ValueError, match="neighbours must be"):
+        MPerClassSampler(labels, m=2, batch_size=8, neighbours=neighbours[:4])
 
 
 def test_m_per_class_config_errors():

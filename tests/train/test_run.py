@@ -116,8 +116,9 @@ class Crash(Exception):
 
 
 def test_killed_run_resumes_to_the_same_weights(tiny_config, tmp_path, text_rewards):
-    full = train(tiny_config("saga", "optim.steps=4", f"out_dir={tmp_path / 'full'}"))
-    cfg = tiny_config("saga", "optim.steps=4", f"out_dir={tmp_path / 'killed'}")
+    # With neighbour batches: their table is recomputed on resume from the same initial encoder.
+    full = train(tiny_config("saga", "optim.steps=4", "dml.neighbour_classes=1", f"out_dir={tmp_path / 'full'}"))
+    cfg = tiny_config("saga", "optim.steps=4", "dml.neighbour_classes=1", f"out_dir={tmp_path / 'killed'}")
 
     def crash(step):
         if step == 3:  # after the checkpoint of step 2 and one more update
@@ -143,6 +144,8 @@ def test_killed_run_resumes_to_the_same_weights(tiny_config, tmp_path, text_rewa
 
     assert comparable(killed / "metrics.jsonl") == comparable(tmp_path / "full" / "metrics.jsonl")
     assert _lines(killed / "completions.jsonl") == _lines(tmp_path / "full" / "completions.jsonl")
+    neighbours = json.loads((killed / "class_neighbours.json").read_text())  # 3 train classes, 1 neighbour each
+    assert len(neighbours) == 3 and all(len(v) == 1 and v[0] in neighbours and v[0] != k for k, v in neighbours.items())
 
 
 def test_resume_errors(tiny_config, tiny_overrides, tmp_path, capsys):

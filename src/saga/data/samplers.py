@@ -56,10 +56,16 @@ class MPerClassSampler(_RankedBatchSampler):
     over an epoch every class appears equally often, +-1. Images are drawn without replacement inside a batch;
     a class with fewer than m images contributes all of them plus draws with replacement. An epoch is
     len(labels) // batch_size global batches (about one pass over the images), batch_size being per rank.
+
+    neighbours: optional (C, k) table of each class's nearest classes (`nearest_classes`; class indexes in sorted
+    label order). Each least-used class then brings one of its k neighbours (at random among those not yet in the
+    batch), so half of a batch's classes are near misses of the other half; a class that is many classes' neighbour
+    is then drawn more often than the others. Random classes of a fine-grained dataset are rarely siblings: without
+    this, an in-batch hard negative is seldom one attribute away.
     """
 
     def __init__(self, labels: ArrayLike, m: int, batch_size: int, *, rank: int = 0, world_size: int = 1,
-                 seed: int = 0) -> None:
+                 seed: int = 0, neighbours: np.ndarray | None = None) -> None:
         if m < 1 or batch_size < 1 or batch_size % m != 0:
             raise ConfigError(f"batch_size ({batch_size}) must be a positive multiple of m ({m})")
         labels = np.asarray(labels)
@@ -69,6 +75,9 @@ class MPerClassSampler(_RankedBatchSampler):
         if self.classes_per_batch > len(self._class_sizes):
             raise ConfigError(f"batch_size {batch_size} with m {m} needs {self.classes_per_batch} classes per "
                               f"batch; the labels have {len(self._class_sizes)}")
+        if neighbours is not None and (neighbours.ndim != 2 or len(neighbours) != len(self._class_sizes)):
+            raise ValueError(f"neighbours must be (classes={len(self._class_sizes)}, k), got {neighbours.shape}")
+        self.neighbours = neighbours
 
     def _draw(self, c: int, rng: np.random.Generator) -> np.ndarray:
         members = self._class_members(c)
@@ -82,14 +91,44 @@ class MPerClassSampler(_RankedBatchSampler):
         uses = np.zeros(len(self._class_sizes))
         batches = []
         for _ in range(self.num_global):
-            # uses + U[0, 1): least-used classes first, random among equals.
-            chosen = np.argsort(uses + rng.random(len(uses)))[: self.classes_per_batch]
+            chosen = self._classes(uses, rng)
             uses[chosen] += 1
             batches.append([int(i) for c in chosen for i in self._draw(c, rng)])
         return batches
 
+    def _classes(self, uses: np.ndarray, rng: np.random.Generator) -> list[int]:
+        # uses + U[0, 1): least-used classes first, random among equals.
+        order = np.argsort(uses + rng.random(len(uses)))
+        if self.neighbours is None:
+            return [int(c) for c in order[: self.classes_per_batch]]
+        chosen: list[int] = []
+        for c in order:
+            if len(chosen) == self.classes_per_batch:
+                break
+            if c in chosen:
+                continue
+            chosen.append(int(c))
+            free = [int(n) for n in self.neighbours[c] if n not in chosen]
+            if free and len(chosen) < self.classes_per_batch:
+                chosen.append(free[rng.integers(len(free))])
+        return chosen
+
     def __iter__(self) -> Iterator[list[int]]:
         yield from self.global_batches()[self.rank:: self.world_size]
+
+
+def nearest_classes(embeddings: np.ndarray, labels: ArrayLike, k: int) -> np.ndarray:
+    """(C, k): for each class (sorted label order) the k classes whose mean normalised embedding is the most
+    cosine-similar, nearest first. The table `MPerClassSampler(neighbours=...)` takes."""
+    labels = np.asarray(labels)
+    classes, class_of = np.unique(labels, return_inverse=True)
+    if not 1 <= k < len(classes):
+        raise ConfigError(f"{k} nearest classes need between 1 and {len(classes) - 1} (classes - 1)")
+    emb = F.normalize(torch.as_tensor(np.asarray(embeddings, dtype=np.float32)), dim=-1)
+    means = torch.zeros(len(classes), emb.shape[1]).index_add_(0, torch.as_tensor(class_of), emb)
+    means = F.normalize(means, dim=-1)
+    sims = (means @ means.T).fill_diagonal_(-float("inf"))
+    return sims.topk(k, dim=1).indices.numpy()
 
 
 class PairSampler(_RankedBatchSampler):

@@ -154,10 +154,13 @@ class _Collate:
 
 
 def run_loop(cfg: TrainConfig, parts: Parts, split: Split, logger: RunLogger, *, start: int,
-             evaluate: Callable[[], dict[str, float]], on_step: Callable[[int], None] | None = None) -> None:
+             evaluate: Callable[[], dict[str, float]], on_step: Callable[[int], None] | None = None,
+             neighbours: np.ndarray | None = None) -> None:
     """Optimiser steps start..cfg.optim.steps-1. `step` counts completed updates: after the update of batch s the
-    run is at step s + 1, which is what logs and checkpoints are named by."""
-    batches = StepBatches(split.labels, m=cfg.dml.m_per_class, batch_size=cfg.dml.batch_size, seed=cfg.seed)
+    run is at step s + 1, which is what logs and checkpoints are named by. neighbours: the nearest-class table
+    of `dml.neighbour_classes` (saga.train.batches.class_neighbours), or None."""
+    batches = StepBatches(split.labels, m=cfg.dml.m_per_class, batch_size=cfg.dml.batch_size, seed=cfg.seed,
+                          neighbours=neighbours)
     # Its own generator: a DataLoader draws its workers' base seed when iterated, which would otherwise advance the
     # global generator differently in a resumed run than in an uninterrupted one.
     loader = DataLoader(ImageDataset(split), batch_sampler=batches.steps(start, cfg.optim.steps),

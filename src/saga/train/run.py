@@ -9,6 +9,7 @@ The run directory (cfg.out_dir) ends up holding:
     checkpoints/         ckpt-XXXXXX/ folders and the `latest` pointer (saga.train.checkpoint)
     test_metrics.json    the final zero-shot test metrics, keys as `saga eval --json`
     export/              the deployable encoder + pooler (saga.train.export)
+    class_neighbours.json  each train class's nearest classes (with dml.neighbour_classes)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from saga.data.base import Split
 from saga.errors import CheckpointError, ConfigError
 from saga.eval import evaluate
 from saga.models import embed_split
+from saga.train.batches import class_neighbours
 from saga.train.checkpoint import (complete_checkpoints, config_differences, latest_checkpoint, load_checkpoint,
                                    read_state)
 from saga.train.export import export_model
@@ -33,7 +35,8 @@ from saga.train.setup import Parts, build_parts
 from saga.utils import environment, resolve_device, seed_everything
 
 # Outputs of an earlier attempt that never reached a checkpoint: a fresh run replaces them.
-_RUN_OUTPUTS = (METRICS, COMPLETIONS, "tensorboard", "test_metrics.json", "export")
+NEIGHBOURS = "class_neighbours.json"
+_RUN_OUTPUTS = (METRICS, COMPLETIONS, "tensorboard", "test_metrics.json", "export", NEIGHBOURS)
 
 
 def _checkpoint_to_resume(cfg: TrainConfig, run_dir: Path, resume: bool) -> Path | None:
@@ -55,6 +58,13 @@ def _checkpoint_to_resume(cfg: TrainConfig, run_dir: Path, resume: bool) -> Path
     if state["step"] > cfg.optim.steps:
         raise ConfigError(f"{ckpt}: the run is at step {state['step']}, past optim.steps={cfg.optim.steps}")
     return ckpt
+
+
+def _write_neighbours(path: Path, split: Split, neighbours) -> None:
+    """Each train class's nearest classes, by name, for reading (the run recomputes them on resume)."""
+    names = [split.class_names[c] for c in sorted(split.class_names)]
+    path.write_text(json.dumps({names[c]: [names[n] for n in row] for c, row in enumerate(neighbours)},
+                               indent=1) + "\n")
 
 
 def evaluate_test_split(parts: Parts, test: Split, cfg: TrainConfig) -> dict[str, float]:
@@ -89,13 +99,18 @@ def train(cfg: TrainConfig, resume: bool = False, *, on_step: Callable[[int], No
     device = resolve_device(cfg.device)
     data = load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.split_file)
     parts = build_parts(cfg, data.train, device)
+    neighbours = None
+    if cfg.dml.neighbour_classes:  # from the initial encoder: before a checkpoint's weights are loaded
+        neighbours = class_neighbours(parts.encoder, parts.processor, data.train, k=cfg.dml.neighbour_classes,
+                                      image_size=cfg.data.image_size, batch_size=cfg.data.eval_batch_size)
+        _write_neighbours(run_dir / NEIGHBOURS, data.train, neighbours)
     start = load_checkpoint(ckpt, parts.trainable(), parts.optimizer)["step"] if ckpt else 0
 
     logger = RunLogger(run_dir, resume_step=start if ckpt else None)
     try:
         if cfg.eval_every and start == 0:  # the starting point, for the curves
             logger.log(0, {f"test/{k}": v for k, v in evaluate_test_split(parts, data.test, cfg).items()})
-        run_loop(cfg, parts, data.train, logger, start=start, on_step=on_step,
+        run_loop(cfg, parts, data.train, logger, start=start, on_step=on_step, neighbours=neighbours,
                  evaluate=lambda: evaluate_test_split(parts, data.test, cfg))
         metrics = evaluate_test_split(parts, data.test, cfg)
         logger.log(cfg.optim.steps, {f"test/{k}": v for k, v in metrics.items()})
