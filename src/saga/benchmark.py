@@ -82,12 +82,13 @@ def row_config(table: Table, row: Row, seed: int, out_dir: Path, extra: list[str
 
 
 def _finished(cfg: TrainConfig) -> dict | None:
-    """The test metrics of an earlier run of exactly this config, if it finished."""
+    """The test metrics of an earlier run of exactly this config, if it finished (keys added to the config since
+    then count as their defaults)."""
     run = Path(cfg.out_dir)
     try:
-        same = yaml.safe_load((run / "config.yaml").read_text()) == to_dict(cfg)
+        same = to_dict(load_config(run / "config.yaml")) == to_dict(cfg)
         return json.loads((run / "test_metrics.json").read_text()) if same else None
-    except (OSError, json.JSONDecodeError, yaml.YAMLError):
+    except (OSError, json.JSONDecodeError, ConfigError):
         return None
 
 

@@ -232,6 +232,13 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
             raise ConfigError(f"override {ov!r}: expected key.sub=value")
         key, raw = ov.split("=", 1)
         _set_dotted(data, key.strip(), yaml.safe_load(raw))
+    return config_from_dict(data, src)
+
+
+def config_from_dict(data: dict, src: str) -> TrainConfig:
+    """A validated TrainConfig from a (possibly partial) dict; `src` names it in errors. Missing keys take their
+    defaults, so a run saved before a field was added compares equal to the same run now (a new field's default
+    keeps the old behaviour)."""
     try:
         cfg = _from_dict(TrainConfig, data, "")
         _check_choices(cfg)

@@ -19,7 +19,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from saga.config import TrainConfig, dump_config, to_dict
+from saga.config import TrainConfig, config_from_dict, dump_config, to_dict
 from saga.data import load_dataset
 from saga.data.base import Split
 from saga.errors import CheckpointError, ConfigError
@@ -51,7 +51,7 @@ def _checkpoint_to_resume(cfg: TrainConfig, run_dir: Path, resume: bool) -> Path
     if ckpt is None:
         raise CheckpointError(f"{ckpt_dir}: no complete checkpoint to resume from")
     state = read_state(ckpt)
-    differences = config_differences(state["config"], to_dict(cfg))
+    differences = config_differences(to_dict(config_from_dict(state["config"], str(ckpt))), to_dict(cfg))
     if differences:
         raise ConfigError(f"{ckpt}: --resume with a config that differs from the run's (only optim.steps may "
                           "change): " + "; ".join(differences))

@@ -1,0 +1,47 @@
+"""bench/judge_readings.py: the written-value shares, the truth and the reward per window, on hand-made logs."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "judge_readings.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_judge_readings", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+
+
+def _row(step, folder, crest, reward):
+    return {"step": step, "image_a": f"images/{folder}/x.jpg", "reward": reward,
+            "text": f"crest: {crest} / tall mismatch\nbill_shape: long / long match\nAnswer: different"}
+
+
+def test_a_collapsed_attribute_shows_as_one_value_written_for_every_image(bench, tmp_path):
+    classes = [{"name": "001.A", "attributes": {"crest": "none", "bill_shape": "long"}},
+               {"name": "002.B", "attributes": {"crest": "tall", "bill_shape": "long"}}]
+    (tmp_path / "world").mkdir()
+    (tmp_path / "world" / "world.json").write_text(json.dumps({"classes": classes}))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"root": str(tmp_path / "world")}}))
+    rows = [_row(1, "001.A", "none", 0.0), _row(2, "002.B", "tall", 1.0),  # early: read right
+            _row(9, "001.A", "tall", 1.0), _row(10, "002.B", "tall", 1.0)]  # late: everything "tall"
+    (run / "completions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    report = bench.main([str(run), "--window", "2", "--out", str(tmp_path / "out.json")])[str(run)]
+    early, late = report["early"], report["late"]
+    assert early["reward"] == 0.5 and late["reward"] == 1.0 and early["completions"] == 2
+    assert early["attributes"]["crest"]["written_share"] == 0.5 and early["attributes"]["crest"]["accuracy"] == 1.0
+    assert late["attributes"]["crest"] == {"value": "tall", "written_share": 1.0, "true_share": 0.5, "accuracy": 0.5}
+    assert late["attributes"]["bill_shape"]["accuracy"] == 1.0
+    assert json.loads((tmp_path / "out.json").read_text())[str(run)] == report
