@@ -64,8 +64,10 @@ table() {
     timeout --signal=INT "${TABLE_SECONDS:-540}" "$PY" -m saga.cli benchmark --config configs/synth/table.yaml \
         --seeds 0 1 2 --out runs/table || rc=$?
     cp runs/table/results.json runs/table/results.md "$OUT/" 2>/dev/null || true
-    # What a later session needs to reuse the finished runs: each run's config and test metrics (no weights).
-    find runs/table -mindepth 3 -maxdepth 3 \( -name config.yaml -o -name test_metrics.json \) \
+    # What a later session needs to reuse the finished runs (each run's config and test metrics) and to read them
+    # (training curves, the judge's completions for bench/judge_readings.py); no weights.
+    find runs/table -mindepth 3 -maxdepth 3 \( -name config.yaml -o -name test_metrics.json -o -name metrics.jsonl \
+        -o -name completions.jsonl \) \
         | tar -czf "$OUT/table-runs.tgz" -T -
     if [ "$rc" -eq 0 ]; then echo "table complete"; else echo "table incomplete (rc $rc): run this stage again"; fi
 }

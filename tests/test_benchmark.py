@@ -59,6 +59,27 @@ def test_benchmark_runs_every_row_and_seed_then_reuses_finished_runs(table, tmp_
     assert printed.count("reusing") == 3 and "steps ->" not in printed
 
 
+def test_an_interrupted_run_resumes_from_its_last_checkpoint(table, tmp_path, capsys):
+    from saga.benchmark import row_config
+    from saga.train import train
+
+    t, out = load_table(table), tmp_path / "bench"
+    extra = ["checkpoint_every=1"]
+    saga_row = t.rows[2]
+
+    def crash(step):
+        raise KeyboardInterrupt  # as a time limit's SIGINT would, after the checkpoint of step 1
+
+    with pytest.raises(KeyboardInterrupt):
+        train(row_config(t, saga_row, 0, out, extra), on_step=crash)
+    results = run_table(t, [0], out, extra=extra)
+    printed = capsys.readouterr().out
+    assert "SAGA w/o L_KL, seed 0: saga, 2 steps" in printed and "(resuming from its last checkpoint)" in printed
+    assert (out / "saga_w_o_l_kl" / "seed0" / "checkpoints" / "ckpt-000002").is_dir()
+    fresh = train(row_config(t, saga_row, 0, tmp_path / "fresh", extra))["test_metrics"]
+    assert results["SAGA w/o L_KL"][0] == fresh  # the same as a run never interrupted
+
+
 def test_partial_results_are_written_after_every_run_and_say_so(table, tmp_path):
     t, out, snapshots = load_table(table), tmp_path / "bench", []
 

@@ -12,8 +12,8 @@ The table file names the synthetic world to build (if any), overrides applied to
       - {name: SAGA w/o L_KL, config: saga.yaml, overrides: [weights.kl=0]}
 
 Row configs are relative to the table file. Each (row, seed) is one `saga train` run in
-``<out>/<row>/seed<S>``; a run whose test_metrics.json exists under the same resolved config is reused, so an
-interrupted benchmark continues where it stopped. The "pre-trained backbone" row is a run of zero steps: the
+``<out>/<row>/seed<S>``; a run whose test_metrics.json exists under the same resolved config is reused, and one
+that was interrupted resumes from its last checkpoint, so an interrupted benchmark continues where it stopped. The "pre-trained backbone" row is a run of zero steps: the
 judge's tower with mean pooling, evaluated by the same code as every other row.
 """
 
@@ -119,6 +119,7 @@ def run_table(table: Table, seeds: list[int], out_dir: str | Path, extra: list[s
     """Train and evaluate every row for every seed; returns {row name: {seed: metrics}}. `on_result` gets the
     results so far after every run (e.g. to write a partial table that survives an interruption)."""
     from saga.train import train
+    from saga.train.checkpoint import latest_checkpoint
 
     ensure_world(table)
     out_dir = Path(out_dir)
@@ -128,8 +129,11 @@ def run_table(table: Table, seeds: list[int], out_dir: str | Path, extra: list[s
             cfg = row_config(table, row, seed, out_dir, extra)
             metrics = _finished(cfg)
             if metrics is None:
-                print(f"== {row.name}, seed {seed}: {cfg.method}, {cfg.optim.steps} steps -> {cfg.out_dir}")
-                metrics = train(cfg)["test_metrics"]
+                # A run cut short (e.g. by a time limit) continues; `train` refuses a checkpoint of another config.
+                resume = latest_checkpoint(Path(cfg.out_dir) / "checkpoints") is not None
+                print(f"== {row.name}, seed {seed}: {cfg.method}, {cfg.optim.steps} steps -> {cfg.out_dir}"
+                      + (" (resuming from its last checkpoint)" if resume else ""))
+                metrics = train(cfg, resume=resume)["test_metrics"]
             else:
                 print(f"== {row.name}, seed {seed}: reusing {cfg.out_dir}")
             results.setdefault(row.name, {})[seed] = metrics
