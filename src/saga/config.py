@@ -70,6 +70,8 @@ class GRPOConfig:
     epsilon_high: float = _f(0.2, "upper PPO clip range")
     same_fraction: float = _f(0.5, "share of same-class pairs")
     hard_negative_fraction: float = _f(0.5, "share of different-class pairs that are in-batch hardest negatives")
+    attribute_reward: float = _f(0.0, "weight of an added reward: the share of attribute values the judge states "
+                                      "correctly (datasets with class attributes; an extension, not the paper's)")
     log_completions_every: int = _f(50, "steps between sample-completion tables in the log (0: never)")
 
 

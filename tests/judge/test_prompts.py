@@ -51,3 +51,13 @@ def test_prompt_names_the_subject():
     assert "car" in pair_prompt("cars") and "bird" in pair_prompt("cub")
     content = pair_messages("synth")[0]["content"]
     assert [c["type"] for c in content].count("image") == 2
+
+
+def test_attribute_reward_is_the_share_of_values_stated_correctly():
+    from saga.judge.prompts import attribute_reward
+
+    truth_a = {"crest": "tall", "bill_shape": "long", "tail_shape": "fan"}
+    truth_b = {"crest": "tall", "bill_shape": "long", "tail_shape": "forked"}
+    text = "Crest: tall / tall match\nbill_shape: long / short mismatch\nAnswer: different"
+    assert attribute_reward(text, truth_a, truth_b) == 3 / 6  # crest 2, bill 1, tail line missing 0
+    assert attribute_reward("no comparison at all", truth_a, truth_b) == 0.0

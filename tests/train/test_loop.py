@@ -123,3 +123,26 @@ def test_encoder_activation_checkpointing_gives_the_same_gradients(tiny_config):
     # (DeepStack mergers get no gradient from the pooled embedding, with or without checkpointing)
     assert all((a is None and b is None) or torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads, strict=True))
     assert sum(g is not None for g in grads[1]) > len(grads[1]) // 2
+
+
+def test_attribute_reward_adds_the_share_of_values_stated_correctly(tiny_config):
+    cfg = tiny_config("saga", "grpo.attribute_reward=0.5")
+    parts, batch = _setup(cfg)
+    data = load_dataset("synth", cfg.data.root)
+    batch.attributes = [data.class_attributes[int(y)] for y in batch.labels]
+    crest = batch.attributes[0]["crest"]
+    rollout = parts.judge.rollout
+
+    def patched(enc_out, **kwargs):  # every completion: "crest: <value> / <value>" and no verdict
+        r = rollout(enc_out, **kwargs)
+        return dataclasses.replace(r, texts=[f"crest: {crest} / {crest} match"] * len(r.texts),
+                                   verdicts=[None] * len(r.texts))
+
+    parts.judge.rollout = patched
+    result = saga_step(parts, cfg, batch, 0)
+    label_of = {str(p): int(y) for p, y in zip(data.train.paths, data.train.labels, strict=True)}
+    for row in result.completions:
+        a, b = (data.class_attributes[label_of[row[k]]] for k in ("image_a", "image_b"))
+        right = (a["crest"] == crest) + (b["crest"] == crest)
+        assert row["reward"] == pytest.approx(0.5 * right / (len(a) + len(b)))  # no verdict: the verdict reward is 0
+    assert any(row["reward"] > 0 for row in result.completions)

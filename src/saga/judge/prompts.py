@@ -111,3 +111,14 @@ def parse_verdict(text: str) -> bool | None:
 def verdict_reward(verdict: bool | None, same: bool) -> float:
     """GRPO reward (REFERENCE.md §1): 1 for a correct verdict, 0 for a wrong or missing one."""
     return 1.0 if verdict is not None and verdict == same else 0.0
+
+
+def attribute_reward(text: str, attrs_a: Mapping[str, str], attrs_b: Mapping[str, str]) -> float:
+    """Share of the pair's attribute values (each attribute, images A and B) that the answer's comparison lines
+    state correctly; a missing line counts as wrong. An extension, not the paper's reward (`grpo.attribute_reward`):
+    a verdict-only reward lets the encoder make an unreliably read attribute look the same on every image
+    (results/synth-cpu-grpo-2000), and this one does not."""
+    stated = parse_comparison(text)
+    right = sum((stated.get(k, (None, None))[0] == v) for k, v in attrs_a.items())
+    right += sum((stated.get(k, (None, None))[1] == v) for k, v in attrs_b.items())
+    return right / max(1, len(attrs_a) + len(attrs_b))

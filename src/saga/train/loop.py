@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from saga.config import LossWeights, TrainConfig, to_dict
 from saga.data.base import ImageDataset, Split
-from saga.judge.prompts import verdict_reward
+from saga.judge.prompts import attribute_reward, verdict_reward
 from saga.losses import LossTerms, attention_kl, group_advantages, grpo_loss
 from saga.models import ImagePreprocessor
 from saga.train.batches import StepBatches, mine_pairs, step_rng
@@ -36,11 +36,13 @@ from saga.train.setup import Parts, lr_factor
 
 @dataclass
 class Batch:
-    """One step's m-per-class batch: tower inputs, dataset labels, and the images' paths (for the logs)."""
+    """One step's m-per-class batch: tower inputs, dataset labels, the images' paths (for the logs) and, for
+    `grpo.attribute_reward`, each image's class attributes."""
 
     inputs: dict[str, Tensor]
     labels: Tensor
     paths: list[str]
+    attributes: list[dict[str, str]] | None = None
 
 
 @dataclass
@@ -87,6 +89,11 @@ def saga_step(parts: Parts, cfg: TrainConfig, batch: Batch, step: int) -> StepRe
                       "zero; raise grpo.max_completion_length", RuntimeWarning, stacklevel=1)
     same = [pairs.same[p] for p in rollout.pair_of.tolist()]
     rewards = torch.tensor([verdict_reward(v, s) for v, s in zip(rollout.verdicts, same, strict=True)])
+    if g.attribute_reward:  # the extension: also reward the attribute values stated correctly
+        truth = batch.attributes
+        rewards += g.attribute_reward * torch.tensor([
+            attribute_reward(text, truth[pairs.a[p]], truth[pairs.b[p]])
+            for text, p in zip(rollout.texts, rollout.pair_of.tolist(), strict=True)])
     advantages, reward_stats = group_advantages(rewards, g.num_generations, g.scale_rewards)
 
     # 4. Teacher-forced log-probs with grad into the encoder's tokens (and DeepStack features), plus the judge's
@@ -155,10 +162,11 @@ class _Collate:
 
 def run_loop(cfg: TrainConfig, parts: Parts, split: Split, logger: RunLogger, *, start: int,
              evaluate: Callable[[], dict[str, float]], on_step: Callable[[int], None] | None = None,
-             neighbours: np.ndarray | None = None) -> None:
+             neighbours: np.ndarray | None = None, class_attributes: dict[int, dict[str, str]] | None = None) -> None:
     """Optimiser steps start..cfg.optim.steps-1. `step` counts completed updates: after the update of batch s the
     run is at step s + 1, which is what logs and checkpoints are named by. neighbours: the nearest-class table
-    of `dml.neighbour_classes` (saga.train.batches.class_neighbours), or None."""
+    of `dml.neighbour_classes` (saga.train.batches.class_neighbours), or None. class_attributes: label -> attributes,
+    for `grpo.attribute_reward`."""
     batches = StepBatches(split.labels, m=cfg.dml.m_per_class, batch_size=cfg.dml.batch_size, seed=cfg.seed,
                           neighbours=neighbours)
     # Its own generator: a DataLoader draws its workers' base seed when iterated, which would otherwise advance the
@@ -174,7 +182,8 @@ def run_loop(cfg: TrainConfig, parts: Parts, split: Split, logger: RunLogger, *,
         tic = time.perf_counter()
         for group in parts.optimizer.param_groups:
             group["lr"] = group["base_lr"] * lr_factor(s, cfg.optim.warmup_steps)
-        batch = Batch(inputs, labels, [str(split.paths[i]) for i in batches.batch(s)])
+        batch = Batch(inputs, labels, [str(split.paths[i]) for i in batches.batch(s)],
+                      [class_attributes[int(y)] for y in labels] if class_attributes else None)
         result = step_fn(parts, cfg, batch, s)
         loss, metrics = combine(result.terms, cfg.weights)
 
