@@ -171,3 +171,10 @@ def test_resume_errors(tiny_config, tiny_overrides, tmp_path, capsys):
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["optim"]["steps"] == 3 and json.loads(
         (tmp_path / "run" / "checkpoints" / "ckpt-000003" / "state.json").read_text())["step"] == 3
+
+
+def test_attribute_reward_needs_a_dataset_with_class_attributes(tiny_config, synth_world):
+    # The synthetic world's images read as a plain image folder: the same classes, but no attributes.
+    cfg = tiny_config("saga", "grpo.attribute_reward=1.0", "data.dataset=folder", f"data.root={synth_world / 'images'}")
+    with pytest.raises(ConfigError, match="grpo.attribute_reward needs per-class attributes.*'folder'"):
+        train(cfg)
