@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from saga.data.synth import load_world
 from saga.judge.prompts import parse_comparison
 
 
@@ -52,8 +53,8 @@ def _cell(r: dict | None) -> str:
 
 
 def world_truth(root: Path) -> dict[str, dict[str, str]]:
-    world = json.loads((root / "world.json").read_text())
-    return {c["name"]: c["attributes"] for c in world["classes"]}
+    """Class folder -> attributes, from the world's world.json."""
+    return {c.folder: c.combination.as_dict() for c in load_world(root).classes}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -13,8 +13,9 @@ The table file names the synthetic world to build (if any), overrides applied to
 
 Row configs are relative to the table file. Each (row, seed) is one `saga train` run in
 ``<out>/<row>/seed<S>``; a run whose test_metrics.json exists under the same resolved config is reused, and one
-that was interrupted resumes from its last checkpoint, so an interrupted benchmark continues where it stopped. The "pre-trained backbone" row is a run of zero steps: the
-judge's tower with mean pooling, evaluated by the same code as every other row.
+that was interrupted resumes from its last checkpoint, so an interrupted benchmark continues where it stopped. The
+"pre-trained backbone" row is a run of zero steps: the judge's tower with mean pooling, evaluated by the same code
+as every other row.
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ def ensure_world(table: Table) -> None:
     """Render the table's synthetic world unless a complete one is already there."""
     if not table.world:
         return
+    from saga.data.synth import load_world
     from saga.data.synth.generate import WORLD_FILE, generate_world, world_complete
 
     w = dict(table.world)
@@ -107,8 +109,10 @@ def ensure_world(table: Table) -> None:
         generate_world(out, **wanted, preview=True)
         return
     # A finished world of other parameters would silently give another benchmark: refuse it, delete nothing.
-    found = json.loads((out / WORLD_FILE).read_text())
-    differ = [f"{k} {found.get(k)} (table: {v})" for k, v in wanted.items() if found.get(k) != v]
+    world = load_world(out)
+    found = {"num_classes": len(world.classes), "images_per_class": world.images_per_class, "size": world.size,
+             "seed": world.seed}
+    differ = [f"{k} {found[k]} (table: {v})" for k, v in wanted.items() if found[k] != v]
     if differ:
         raise ConfigError(f"{out / WORLD_FILE}: this world was rendered with {', '.join(differ)}; remove {out} to "
                           "re-render it, or point the table's world.out elsewhere")

@@ -26,16 +26,25 @@ def _row(step, folder, crest, reward):
             "text": f"crest: {crest} / tall mismatch\nbill_shape: long / long match\nAnswer: different"}
 
 
+def _world(root, crests):
+    """A world.json of one class per crest value, alike in every other attribute (bill_shape "long")."""
+    from saga.data.synth import Combination, World, design_world
+    from saga.data.synth.world import SynthClass
+
+    base = design_world(2, seed=0).classes[0].combination.as_dict() | {"bill_shape": "long"}
+    classes = [SynthClass(i + 1, 0, Combination.from_dict(base | {"crest": c})) for i, c in enumerate(crests)]
+    root.mkdir()
+    (root / "world.json").write_text(json.dumps(World(0, classes, 1, 64).to_json()))
+    return [c.folder for c in classes]
+
+
 def test_a_collapsed_attribute_shows_as_one_value_written_for_every_image(bench, tmp_path):
-    classes = [{"name": "001.A", "attributes": {"crest": "none", "bill_shape": "long"}},
-               {"name": "002.B", "attributes": {"crest": "tall", "bill_shape": "long"}}]
-    (tmp_path / "world").mkdir()
-    (tmp_path / "world" / "world.json").write_text(json.dumps({"classes": classes}))
+    a, b = _world(tmp_path / "world", ["none", "tall"])
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text(yaml.safe_dump({"data": {"root": str(tmp_path / "world")}}))
-    rows = [_row(1, "001.A", "none", 0.0), _row(2, "002.B", "tall", 1.0),  # early: read right
-            _row(9, "001.A", "tall", 1.0), _row(10, "002.B", "tall", 1.0)]  # late: everything "tall"
+    rows = [_row(1, a, "none", 0.0), _row(2, b, "tall", 1.0),  # early: read right
+            _row(9, a, "tall", 1.0), _row(10, b, "tall", 1.0)]  # late: everything "tall"
     (run / "completions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     report = bench.main([str(run), "--window", "2", "--out", str(tmp_path / "out.json")])[str(run)]

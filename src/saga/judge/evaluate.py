@@ -31,7 +31,7 @@ from saga.data import Split, load_dataset, load_image
 from saga.data.synth import SCHEMA
 from saga.errors import CheckpointError, DataError
 from saga.judge.pairs import PairInputs
-from saga.judge.prompts import format_comparison, parse_comparison, parse_verdict
+from saga.judge.prompts import format_comparison, parse_verdict, values_stated_correctly
 from saga.models import load_vlm
 from saga.train.export import load_trained
 
@@ -102,10 +102,8 @@ def attribute_tally(texts: Sequence[str], attrs_a: Sequence[dict[str, str]],
     """Per attribute: (values stated correctly, values asked), two values (images A and B) per pair."""
     counts = {name: [0, 0] for name in attrs_a[0]} if attrs_a else {}
     for text, a, b in zip(texts, attrs_a, attrs_b, strict=True):
-        stated = parse_comparison(text)
-        for name in a:
-            got = stated.get(name, (None, None))
-            counts[name][0] += (got[0] == a[name]) + (got[1] == b[name])
+        for name, right in values_stated_correctly(text, a, b).items():
+            counts[name][0] += right
             counts[name][1] += 2
     return {name: (c, t) for name, (c, t) in counts.items()}
 

@@ -113,12 +113,20 @@ def verdict_reward(verdict: bool | None, same: bool) -> float:
     return 1.0 if verdict is not None and verdict == same else 0.0
 
 
-def attribute_reward(text: str, attrs_a: Mapping[str, str], attrs_b: Mapping[str, str]) -> float:
-    """Share of the pair's attribute values (each attribute, images A and B) that the answer's comparison lines
-    state correctly; a missing line counts as wrong. An extension, not the paper's reward (`grpo.attribute_reward`):
-    a verdict-only reward lets the encoder make an unreliably read attribute look the same on every image
-    (results/synth-cpu-grpo-2000), and this one does not."""
+def values_stated_correctly(text: str, attrs_a: Mapping[str, str], attrs_b: Mapping[str, str]) -> dict[str, int]:
+    """Per attribute of the pair: how many of its two values (images A and B) the answer's comparison lines state
+    correctly, 0, 1 or 2; a missing line counts as wrong."""
     stated = parse_comparison(text)
-    right = sum((stated.get(k, (None, None))[0] == v) for k, v in attrs_a.items())
-    right += sum((stated.get(k, (None, None))[1] == v) for k, v in attrs_b.items())
-    return right / max(1, len(attrs_a) + len(attrs_b))
+    out = {}
+    for name in attrs_a:
+        got = stated.get(name, (None, None))
+        out[name] = int(got[0] == attrs_a[name]) + int(got[1] == attrs_b[name])
+    return out
+
+
+def attribute_reward(text: str, attrs_a: Mapping[str, str], attrs_b: Mapping[str, str]) -> float:
+    """Share of the pair's attribute values (each attribute, images A and B) that the answer states correctly.
+    An extension, not the paper's reward (`grpo.attribute_reward`): a verdict-only reward lets the encoder make an
+    unreliably read attribute look the same on every image (results/synth-cpu-grpo-2000), and this one does not."""
+    right = values_stated_correctly(text, attrs_a, attrs_b)
+    return sum(right.values()) / max(1, 2 * len(right))
