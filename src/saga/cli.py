@@ -191,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     judge = sub.add_parser("judge", help="the frozen MLLM judge").add_subparsers(dest="judge_command", required=True)
     q = judge.add_parser("pretrain", help="build and pretrain a small Qwen3-VL judge on random attribute pairs")
     q.add_argument("--out", required=True)
-    q.add_argument("--preset", default="tiny", choices=["tiny", "small"])
+    q.add_argument("--preset", default="tiny", choices=["tiny", "tiny-long", "small"],
+                   help="tiny: 10 CPU minutes; tiny-long: 25 CPU minutes, reads every attribute; small: a GPU")
     q.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--device", default="auto")

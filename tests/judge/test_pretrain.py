@@ -6,9 +6,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from saga.cli import build_parser
 from saga.errors import ConfigError
 from saga.judge.pairs import PairInputs
-from saga.judge.pretrain import JudgePreset, _lr_factor, build_judge, pretrain_judge, warm_up_reading, warm_up_vision
+from saga.judge.pretrain import JUDGE_PRESETS, JudgePreset, _lr_factor, build_judge, pretrain_judge, warm_up_reading, warm_up_vision
 from saga.models import load_vlm
 
 # A minuscule judge: 64 px images (4 tokens each), one vision block, one text layer; a few steps of each stage.
@@ -33,6 +34,11 @@ def test_unknown_preset_and_save_dtype():
         pretrain_judge("unused", preset="huge")
     with pytest.raises(ConfigError, match="save_dtype"):
         pretrain_judge("unused", preset=MINI, save_dtype="float16")
+
+
+def test_cli_offers_every_preset():
+    for name in JUDGE_PRESETS:
+        assert build_parser().parse_args(["judge", "pretrain", "--out", "x", "--preset", name]).preset == name
 
 
 def _changed(model, before):
