@@ -1,6 +1,6 @@
 """`saga demo`: the paper's comparison on the synthetic world, on a laptop CPU, with an HTML report.
 
-It renders the world (if missing), loads the shipped tiny judge (assets/judge-tiny), runs the rows of
+It renders the world (if missing), loads the shipped judge (assets/judge-tiny-long), runs the rows of
 configs/synth/demo.yaml (pre-trained backbone, Proxy Anchor, Potential Field, SAGA; one seed, CPU-sized budgets),
 prints the table and writes ``<out>/report.html``: the table, Recall@K curves, training curves, the pooler's and
 the judge's attention over test images, and a retrieval grid. The full benchmark is `saga benchmark`.

@@ -24,7 +24,7 @@ def test_paper_presets(dataset, method):
 @pytest.mark.parametrize("method", ["saga", "proxy_anchor", "potential_field"])
 def test_synthetic_presets(method):
     cfg = load_config(CONFIGS / "synth" / f"{method}.yaml")
-    assert (cfg.method, cfg.data.dataset, cfg.model.judge) == (method, "synth", "assets/judge-tiny")
+    assert (cfg.method, cfg.data.dataset, cfg.model.judge) == (method, "synth", "assets/judge-tiny-long")
     assert cfg.data.image_size == 128 and cfg.optim.steps == 500
 
 
