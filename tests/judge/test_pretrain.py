@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 from saga.cli import build_parser
 from saga.errors import ConfigError
 from saga.judge.pairs import PairInputs
-from saga.judge.pretrain import JUDGE_PRESETS, JudgePreset, _lr_factor, build_judge, pretrain_judge, warm_up_reading, warm_up_vision
+from saga.judge.pretrain import (JUDGE_PRESETS, JudgePreset, _lr_factor, build_judge, pretrain_judge, warm_up_reading,
+                                 warm_up_vision)
 from saga.models import load_vlm
 
 # A minuscule judge: 64 px images (4 tokens each), one vision block, one text layer; a few steps of each stage.
