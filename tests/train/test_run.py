@@ -5,6 +5,7 @@ import inspect
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -13,6 +14,7 @@ from safetensors.torch import load_file
 from saga.cli import main
 from saga.config import load_config
 from saga.data import load_dataset
+from saga.data.base import Split
 from saga.errors import CheckpointError, ConfigError
 from saga.eval import evaluate
 from saga.eval.html import write_report
@@ -115,8 +117,8 @@ class Crash(Exception):
     pass
 
 
-def test_killed_run_resumes_to_the_same_weights(tiny_config, tmp_path, text_rewards):
-    # With neighbour batches: their table is recomputed on resume from the same initial encoder.
+def test_killed_run_resumes_to_the_same_weights(tiny_config, tmp_path, text_rewards, monkeypatch):
+    # With neighbour batches: the resumed run reads their table back instead of recomputing it.
     full = train(tiny_config("saga", "optim.steps=4", "dml.neighbour_classes=1", f"out_dir={tmp_path / 'full'}"))
     cfg = tiny_config("saga", "optim.steps=4", "dml.neighbour_classes=1", f"out_dir={tmp_path / 'killed'}")
 
@@ -132,6 +134,7 @@ def test_killed_run_resumes_to_the_same_weights(tiny_config, tmp_path, text_rewa
     leftover.mkdir()
     (leftover / "encoder.safetensors").write_bytes(b"partial")
 
+    monkeypatch.setattr(run, "class_neighbours", lambda *a, **k: pytest.fail("recomputed on resume"))
     resumed = train(cfg, resume=True)
     assert resumed["test_metrics"] == full["test_metrics"]
     for name in ("encoder", "pooler", "loss", "optimizer"):
@@ -146,6 +149,23 @@ def test_killed_run_resumes_to_the_same_weights(tiny_config, tmp_path, text_rewa
     assert _lines(killed / "completions.jsonl") == _lines(tmp_path / "full" / "completions.jsonl")
     neighbours = json.loads((killed / "class_neighbours.json").read_text())  # 3 train classes, 1 neighbour each
     assert len(neighbours) == 3 and all(len(v) == 1 and v[0] in neighbours and v[0] != k for k, v in neighbours.items())
+
+
+def test_neighbour_table_read_back(tmp_path):
+    names = {0: "001.a", 1: "002.b", 2: "003.c"}
+    split = Split("train", [Path(f"{i}.jpg") for i in names], np.array(list(names)), names)
+    table = np.array([[1, 2], [0, 2], [1, 0]])
+    path = tmp_path / "class_neighbours.json"
+    run._write_neighbours(path, split, table)
+    assert np.array_equal(run._read_neighbours(path, split, 2), table)
+    with pytest.raises(CheckpointError, match="expected 1 nearest classes"):
+        run._read_neighbours(path, split, 1)
+    path.write_text('{"001.a": ["002.b"], "002.b": ["999.z"]}')  # an unknown class; 003.c missing
+    with pytest.raises(CheckpointError, match=r"class_neighbours.json: not this run's nearest-class table"):
+        run._read_neighbours(path, split, 1)
+    path.write_text("{")
+    with pytest.raises(CheckpointError, match="delete it to recompute it"):
+        run._read_neighbours(path, split, 1)
 
 
 def test_resume_errors(tiny_config, tiny_overrides, tmp_path, capsys):

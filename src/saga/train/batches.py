@@ -55,7 +55,7 @@ def class_neighbours(encoder: VisionEncoder, processor, split: Split, *, k: int,
                      batch_size: int, images_per_class: int = 10) -> np.ndarray:
     """The (C, k) nearest-class table of `split` under `encoder` (mean-pooled tokens, before any training step):
     class means of the first `images_per_class` images of each class, which is enough to rank classes and costs a
-    fraction of a pass over the split. A resumed run recomputes it from the same initial encoder."""
+    fraction of a pass over the split. A resumed run reads back the table its first attempt wrote."""
     keep = np.concatenate([np.flatnonzero(split.labels == c)[:images_per_class] for c in np.unique(split.labels)])
     keep.sort()
     subset = Split(split.name, [split.paths[i] for i in keep], split.labels[keep], split.class_names)

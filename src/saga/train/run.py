@@ -19,6 +19,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from saga.config import TrainConfig, config_from_dict, dump_config, to_dict
 from saga.data import load_dataset
 from saga.data.base import Split
@@ -60,11 +62,25 @@ def _checkpoint_to_resume(cfg: TrainConfig, run_dir: Path, resume: bool) -> Path
     return ckpt
 
 
-def _write_neighbours(path: Path, split: Split, neighbours) -> None:
-    """Each train class's nearest classes, by name, for reading (the run recomputes them on resume)."""
+def _write_neighbours(path: Path, split: Split, neighbours: np.ndarray) -> None:
+    """Each train class's nearest classes, by name: for reading, and for a resumed run to read back."""
     names = [split.class_names[c] for c in sorted(split.class_names)]
     path.write_text(json.dumps({names[c]: [names[n] for n in row] for c, row in enumerate(neighbours)},
                                indent=1) + "\n")
+
+
+def _read_neighbours(path: Path, split: Split, k: int) -> np.ndarray:
+    """The table `_write_neighbours` wrote, as the (C, k) array of class indices."""
+    names = [split.class_names[c] for c in sorted(split.class_names)]
+    index = {name: i for i, name in enumerate(names)}
+    try:
+        rows = [[index[n] for n in json.loads(path.read_text())[name]] for name in names]
+    except (ValueError, KeyError, TypeError) as e:  # bad JSON, a missing or unknown class, not a mapping of lists
+        raise CheckpointError(f"{path}: not this run's nearest-class table ({type(e).__name__}: {e}); delete it "
+                              "to recompute it from the initial encoder") from e
+    if any(len(row) != k for row in rows):
+        raise CheckpointError(f"{path}: expected {k} nearest classes per class (dml.neighbour_classes)")
+    return np.array(rows, dtype=np.int64).reshape(len(names), k)
 
 
 def evaluate_test_split(parts: Parts, test: Split, cfg: TrainConfig) -> dict[str, float]:
@@ -103,7 +119,9 @@ def train(cfg: TrainConfig, resume: bool = False, *, on_step: Callable[[int], No
                           "does not give (the synthetic world does)")
     parts = build_parts(cfg, data.train, device)
     neighbours = None
-    if cfg.dml.neighbour_classes:  # from the initial encoder: before a checkpoint's weights are loaded
+    if cfg.dml.neighbour_classes and ckpt and (run_dir / NEIGHBOURS).exists():  # read back: the very same batches
+        neighbours = _read_neighbours(run_dir / NEIGHBOURS, data.train, cfg.dml.neighbour_classes)
+    elif cfg.dml.neighbour_classes:  # from the initial encoder: before a checkpoint's weights are loaded
         neighbours = class_neighbours(parts.encoder, parts.processor, data.train, k=cfg.dml.neighbour_classes,
                                       image_size=cfg.data.image_size, batch_size=cfg.data.eval_batch_size)
         _write_neighbours(run_dir / NEIGHBOURS, data.train, neighbours)
