@@ -19,8 +19,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-import yaml
-
+from saga.config import load_config
 from saga.data.synth import load_world
 from saga.judge.prompts import parse_comparison
 
@@ -65,8 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     report = {}
     for run in args.runs:
-        cfg = yaml.safe_load((run / "config.yaml").read_text())
-        truth = world_truth(Path(cfg["data"]["root"]))
+        truth = world_truth(Path(load_config(run / "config.yaml").data.root))
         rows = [json.loads(line) for line in (run / "completions.jsonl").read_text().splitlines()]
         last = max(r["step"] for r in rows)
         windows = {"early": [r for r in rows if r["step"] <= args.window],

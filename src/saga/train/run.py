@@ -119,12 +119,14 @@ def train(cfg: TrainConfig, resume: bool = False, *, on_step: Callable[[int], No
                           "does not give (the synthetic world does)")
     parts = build_parts(cfg, data.train, device)
     neighbours = None
-    if cfg.dml.neighbour_classes and ckpt and (run_dir / NEIGHBOURS).exists():  # read back: the very same batches
-        neighbours = _read_neighbours(run_dir / NEIGHBOURS, data.train, cfg.dml.neighbour_classes)
-    elif cfg.dml.neighbour_classes:  # from the initial encoder: before a checkpoint's weights are loaded
-        neighbours = class_neighbours(parts.encoder, parts.processor, data.train, k=cfg.dml.neighbour_classes,
-                                      image_size=cfg.data.image_size, batch_size=cfg.data.eval_batch_size)
-        _write_neighbours(run_dir / NEIGHBOURS, data.train, neighbours)
+    if cfg.dml.neighbour_classes:
+        table = run_dir / NEIGHBOURS
+        if ckpt and table.exists():  # read back: the very same batches as before the interruption
+            neighbours = _read_neighbours(table, data.train, cfg.dml.neighbour_classes)
+        else:  # from the initial encoder: before a checkpoint's weights are loaded
+            neighbours = class_neighbours(parts.encoder, parts.processor, data.train, k=cfg.dml.neighbour_classes,
+                                          image_size=cfg.data.image_size, batch_size=cfg.data.eval_batch_size)
+            _write_neighbours(table, data.train, neighbours)
     start = load_checkpoint(ckpt, parts.trainable(), parts.optimizer)["step"] if ckpt else 0
 
     logger = RunLogger(run_dir, resume_step=start if ckpt else None)
