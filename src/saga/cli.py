@@ -12,7 +12,7 @@ from saga.errors import SagaError
 DATASETS = ["cub", "cars", "aircraft", "inat_aves", "folder", "synth"]
 
 
-def _write_json(obj: dict, path: str | None) -> None:
+def _write_json(obj: dict | list, path: str | None) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(obj, indent=2) + "\n")
@@ -33,21 +33,79 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- eval / embed
+def _split(args: argparse.Namespace):
+    """The dataset split that `saga embed` / `saga eval` embed."""
+    from saga.data import load_dataset
+
+    if bool(args.backbone) == bool(args.model) or not (args.dataset and args.root):
+        raise SystemExit(f"saga {args.command}: give --backbone or --model, with --dataset and --root")
+    return getattr(load_dataset(args.dataset, args.root), args.split)
+
+
+def _embed(args: argparse.Namespace, split):
+    """(EmbedResult, image size) of `split` through a pre-trained backbone (its tower, mean pooling) or a
+    `saga train` export (the trained encoder + pooler)."""
+    from saga.models.embed import embed_split
+
+    if args.model:
+        from saga.train.export import load_trained
+        from saga.utils import resolve_device
+
+        encoder, pooler, preprocessor = load_trained(args.model, device=resolve_device(args.device))
+        size = args.image_size or preprocessor.side
+        return embed_split(None, split, image_size=size, batch_size=args.batch_size, encoder=encoder,
+                           pooler=pooler, processor=preprocessor.image_processor), size
+    size = args.image_size or 224
+    return embed_split(args.backbone, split, image_size=size, batch_size=args.batch_size, device=args.device,
+                       dtype=args.dtype, trust_remote_code=args.trust_remote_code), size
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from saga.data import load_dataset
-    from saga.models.embed import embed_split
-
-    split = getattr(load_dataset(args.dataset, args.root), args.split)
-    res = embed_split(
-        args.backbone, split, image_size=args.image_size, batch_size=args.batch_size,
-        device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
-    )
+    res, size = _embed(args, _split(args))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    np.savez(args.out, embeddings=res.embeddings, labels=res.labels, paths=np.array(res.paths))
+    # What made the embeddings travels with them (a local folder as an absolute path), so `saga search` embeds
+    # its queries the same way from any directory.
+    model = args.model or args.backbone
+    model = str(Path(model).resolve()) if Path(model).is_dir() else model
+    np.savez(args.out, embeddings=res.embeddings, labels=res.labels, paths=np.array(res.paths),
+             model=np.array(model), model_kind=np.array("model" if args.model else "backbone"),
+             image_size=np.array(size))
     print(f"wrote {args.out}: {res.embeddings.shape[0]} x {res.embeddings.shape[1]}  "
           f"({res.images_per_s:.1f} images/s)")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from saga.data.base import Split
+    from saga.eval import load_embeddings, search
+
+    gallery, labels = load_embeddings(args.gallery)
+    with np.load(args.gallery, allow_pickle=False) as f:
+        record = {k: f[k].item() for k in ("model", "model_kind", "image_size") if k in f.files}
+        paths = f["paths"].tolist() if "paths" in f.files else [f"#{i}" for i in range(len(labels))]
+    if not (args.model or args.backbone):  # embed the queries as the gallery was embedded
+        if record.get("model_kind") not in ("model", "backbone"):
+            raise SystemExit(f"saga search: {args.gallery} does not say what embedded it; give --model or --backbone")
+        setattr(args, record["model_kind"], record["model"])
+        args.image_size = args.image_size or int(record["image_size"])
+    queries = Split("query", [Path(q) for q in args.query], np.zeros(len(args.query)), {0: "query"})
+    res, _ = _embed(args, queries)
+    try:
+        sims, idx = search(res.embeddings, gallery, args.k, backend=args.backend)
+    except SagaError as e:
+        raise type(e)(f"{args.gallery}: {e}") from None
+    found = [{"query": q, "neighbours": [{"path": paths[j], "label": int(labels[j]), "similarity": float(s)}
+                                          for s, j in zip(sims[i].tolist(), idx[i].tolist(), strict=True)]}
+             for i, q in enumerate(args.query)]
+    for hit in found:
+        print(hit["query"])
+        for rank, n in enumerate(hit["neighbours"], 1):
+            print(f"  {rank:3d}  {n['similarity']:.4f}  label {n['label']:5d}  {n['path']}")
+    _write_json(found, args.json)
     return 0
 
 
@@ -59,17 +117,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         emb, labels = load_embeddings(args.embeddings)
         name = Path(args.embeddings).stem
     else:
-        if not (args.backbone and args.dataset and args.root):
-            raise SystemExit("saga eval: give --embeddings FILE.npz, or --backbone, --dataset and --root")
-        from saga.data import load_dataset
-        from saga.models.embed import embed_split
-
-        split = getattr(load_dataset(args.dataset, args.root), args.split)
-        res = embed_split(
-            args.backbone, split, image_size=args.image_size, batch_size=args.batch_size,
-            device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
-        )
-        emb, labels, name = res.embeddings, res.labels, "pre-trained backbone"
+        res, _ = _embed(args, _split(args))
+        emb, labels = res.embeddings, res.labels
+        name = str(args.model) if args.model else "pre-trained backbone"
         print(f"embedded {len(labels)} images at {res.images_per_s:.1f} images/s")
     try:
         metrics = evaluate(emb, labels, backend=args.backend, seed=args.seed)
@@ -146,16 +196,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="saga", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
-    def backbone_args(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--backbone", help="Hugging Face hub id or local path of a Qwen3-VL / Qwen2.5-VL checkpoint")
+    def model_args(q: argparse.ArgumentParser) -> None:
+        which = q.add_mutually_exclusive_group()
+        which.add_argument("--backbone", help="hub id or local path of a Qwen3-VL / Qwen2.5-VL checkpoint: its "
+                           "vision tower with mean pooling")
+        which.add_argument("--model", help="a `saga train` export folder (RUN/export): the trained encoder + pooler")
+        q.add_argument("--image-size", type=int, help="images are resized to this many pixels a side (default: "
+                       "224 for --backbone, the training size for --model)")
+        q.add_argument("--batch-size", type=int, default=32)
+        q.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
+        q.add_argument("--dtype", default="auto", help="--backbone: float32, bfloat16 or auto (bf16 on GPU, fp32 "
+                       "on CPU); --model keeps the dtype it was trained in")
+        q.add_argument("--trust-remote-code", action="store_true", help="allow custom model code (off by default)")
+
+    def dataset_args(q: argparse.ArgumentParser) -> None:
         q.add_argument("--dataset", choices=DATASETS)
         q.add_argument("--root", help="dataset root folder")
         q.add_argument("--split", default="test", choices=["train", "test"])
-        q.add_argument("--image-size", type=int, default=224, help="images are resized to this many pixels a side")
-        q.add_argument("--batch-size", type=int, default=32)
-        q.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
-        q.add_argument("--dtype", default="auto", help="float32, bfloat16 or auto (bf16 on GPU, fp32 on CPU)")
-        q.add_argument("--trust-remote-code", action="store_true", help="allow custom model code (off by default)")
 
     data = sub.add_parser("data", help="dataset utilities").add_subparsers(dest="data_command", required=True)
     q = data.add_parser("info", help="class and image counts of the zero-shot train/test split")
@@ -165,14 +222,25 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true", help="print JSON instead of a table")
     q.set_defaults(func=cmd_data_info)
 
-    q = sub.add_parser("embed", help="embed a dataset split with a backbone (mean pooling)")
-    backbone_args(q)
+    q = sub.add_parser("embed", help="embed a dataset split with a backbone or a trained model")
+    model_args(q)
+    dataset_args(q)
     q.add_argument("--out", required=True, help="output .npz with embeddings, labels, paths")
     q.set_defaults(func=cmd_embed)
 
-    q = sub.add_parser("eval", help="zero-shot retrieval metrics from embeddings or a backbone")
+    q = sub.add_parser("search", help="the nearest gallery images of query images (a `saga embed` .npz)")
+    q.add_argument("query", nargs="+", help="query image files")
+    q.add_argument("--gallery", required=True, help="a `saga embed` .npz: embeddings, labels and paths")
+    q.add_argument("-k", type=int, default=5, help="neighbours per query")
+    model_args(q)
+    q.add_argument("--backend", default="torch", choices=["torch", "faiss"], help="kNN backend")
+    q.add_argument("--json", help="write the neighbours to this JSON file")
+    q.set_defaults(func=cmd_search)
+
+    q = sub.add_parser("eval", help="zero-shot retrieval metrics from embeddings, a backbone or a trained model")
     q.add_argument("--embeddings", help=".npz with 'embeddings' (N x D) and 'labels' (N)")
-    backbone_args(q)
+    model_args(q)
+    dataset_args(q)
     q.add_argument("--backend", default="torch", choices=["torch", "faiss"], help="kNN backend")
     q.add_argument("--seed", type=int, default=0, help="k-means seed for NMI")
     q.add_argument("--json", help="write the metrics to this JSON file")

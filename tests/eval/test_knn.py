@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from saga.errors import DataError
-from saga.eval.knn import knn
+from saga.eval.knn import knn, search
 
 
 def _random(n: int, d: int, seed: int) -> np.ndarray:
@@ -34,6 +34,22 @@ def test_torch_matches_brute_force_for_any_chunk_size(chunk_size):
     assert idx.dtype == torch.int64 and sims.dtype == torch.float32
     np.testing.assert_array_equal(idx.numpy(), ref_idx)
     np.testing.assert_allclose(sims.numpy(), ref_sims, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_search_queries_against_a_database(backend):
+    # Hand-computed: database rows along x, y and the diagonal. The query (2, 1) is nearest the diagonal
+    # (3 / sqrt 10), then x (2 / sqrt 5).
+    database = np.array([[1, 0], [0, 1], [1, 1]], dtype=np.float32)
+    sims, idx = search(np.array([[2, 1], [0, -3]], dtype=np.float32), database, 2, backend=backend)
+    assert idx[0].tolist() == [2, 0]
+    np.testing.assert_allclose(sims[0].numpy(), [3 / 10**0.5, 2 / 5**0.5], atol=1e-6)
+    # (0, -3) is orthogonal to x and opposite to y: x (0) comes first, then the diagonal (-1/sqrt 2).
+    assert idx[1].tolist() == [0, 2]
+    np.testing.assert_allclose(sims[1].numpy(), [0, -(0.5**0.5)], atol=1e-6)
+    assert search(database[:1], database, 10)[1].shape == (1, 3)  # k beyond the database: all of it
+    with pytest.raises(DataError, match="queries have 3 dimensions, the database 2"):
+        search(np.ones((1, 3)), database, 1)
 
 
 def test_chunk_size_from_memory_budget():

@@ -94,6 +94,16 @@ def test_cli_embed(tiny_vlm_dir, folder_dataset, tmp_path, capsys):
     with np.load(out) as f:
         assert f["embeddings"].shape == (6, 128) and f["labels"].tolist() == [2, 2, 2, 3, 3, 3]
         assert len(f["paths"]) == 6
+        assert (f["model"].item(), f["model_kind"].item(), f["image_size"].item()) == (str(tiny_vlm_dir),
+                                                                                       "backbone", 64)
+        paths = f["paths"].tolist()
+
+    # Queries are embedded by the backbone and image size the gallery records.
+    code = main(["search", paths[4], paths[0], "--gallery", str(out), "-k", "2", "--device", "cpu"])
+    printed = capsys.readouterr().out.splitlines()
+    assert code == 0 and printed[0] == paths[4] and printed[3] == paths[0]
+    assert printed[1].split()[1:] == ["1.0000", "label", "3", paths[4]]
+    assert printed[4].split()[1:] == ["1.0000", "label", "2", paths[0]]
 
 
 def test_cli_eval_backbone(tiny_vlm_dir, folder_dataset, tmp_path, capsys):
@@ -109,3 +119,18 @@ def test_cli_reports_a_bad_backbone(folder_dataset, tmp_path, capsys):
     code = main(["embed", "--backbone", str(tmp_path / "missing"), "--dataset", "folder", "--root",
                  str(folder_dataset), "--device", "cpu", "--out", str(tmp_path / "x.npz")])
     assert code == 2 and "no such model directory" in capsys.readouterr().err
+
+
+def test_cli_search_needs_to_know_the_gallery_model(tmp_path, capsys):
+    np.savez(tmp_path / "bare.npz", embeddings=np.eye(3, dtype=np.float32), labels=np.arange(3))
+    with pytest.raises(SystemExit, match="does not say what embedded it"):
+        main(["search", "q.png", "--gallery", str(tmp_path / "bare.npz")])
+
+
+def test_cli_needs_one_model(folder_dataset, tmp_path, capsys):
+    with pytest.raises(SystemExit, match="give --backbone or --model"):
+        main(["eval", "--dataset", "folder", "--root", str(folder_dataset)])
+    code = main(["embed", "--model", str(tmp_path), "--dataset", "folder", "--root", str(folder_dataset),
+                 "--device", "cpu", "--out", str(tmp_path / "x.npz")])
+    assert code == 2 and "not a saga export folder" in capsys.readouterr().err
+    assert not (tmp_path / "x.npz").exists()

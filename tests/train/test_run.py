@@ -19,8 +19,8 @@ from saga.errors import CheckpointError, ConfigError
 from saga.eval import evaluate
 from saga.eval.html import write_report
 from saga.judge import FrozenJudge
-from saga.models import embed_split, load_vlm
-from saga.train import load_trained, run, setup, train
+from saga.models import load_vlm
+from saga.train import run, setup, train
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 METRIC_KEYS = {"R@1", "R@2", "R@4", "R@8", "MAP@R", "RP", "NMI"}
@@ -92,12 +92,22 @@ def test_saga_train_command_end_to_end(tiny_overrides, tiny_vlm_dir, tmp_path, m
     tower = judge.model.visual.state_dict()
     assert any(not torch.equal(v, tower[k]) for k, v in parts.encoder.tower.state_dict().items())
     assert parts.pooler.query.abs().sum() > 0  # starts at zero
-    # The exported encoder + pooler reproduce the reported test metrics.
-    encoder, pooler, preprocessor = load_trained(out / "export")
-    test = load_dataset("synth", cfg.data.root).test
-    res = embed_split(None, test, image_size=64, encoder=encoder, pooler=pooler,
-                      processor=preprocessor.image_processor)
-    assert evaluate(res.embeddings, res.labels, seed=cfg.seed) == pytest.approx(final, abs=1e-6)
+    # The exported encoder + pooler reproduce the reported test metrics, through `saga eval --model` and through
+    # `saga embed --model` (the training image size is the default of both).
+    model = ["--model", str(out / "export"), "--dataset", "synth", "--root", cfg.data.root, "--device", "cpu"]
+    assert main(["eval", *model, "--json", str(tmp_path / "eval.json")]) == 0
+    assert json.loads((tmp_path / "eval.json").read_text()) == pytest.approx(final, abs=1e-6)
+    assert main(["embed", *model, "--out", str(tmp_path / "test.npz")]) == 0
+    with np.load(tmp_path / "test.npz") as f:
+        assert evaluate(f["embeddings"], f["labels"], seed=cfg.seed) == pytest.approx(final, abs=1e-6)
+        assert f["paths"].tolist() == [str(p) for p in load_dataset("synth", cfg.data.root).test.paths]
+    # `saga search` embeds its queries with the model the gallery records: a gallery image finds itself first.
+    query = str(load_dataset("synth", cfg.data.root).test.paths[5])
+    assert main(["search", query, "--gallery", str(tmp_path / "test.npz"), "-k", "3", "--json",
+                 str(tmp_path / "hits.json")]) == 0
+    [hit] = json.loads((tmp_path / "hits.json").read_text())
+    assert hit["query"] == query and len(hit["neighbours"]) == 3
+    assert hit["neighbours"][0]["path"] == query and hit["neighbours"][0]["similarity"] == pytest.approx(1, abs=1e-5)
 
 
 def test_baseline_train_command(tiny_overrides, tmp_path):

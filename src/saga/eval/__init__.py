@@ -12,10 +12,10 @@ import numpy as np
 import torch
 
 from saga.errors import DataError
-from saga.eval.knn import knn, l2_normalise
+from saga.eval.knn import knn, l2_normalise, search
 from saga.eval.metrics import neighbours_needed, nmi, retrieval_metrics
 
-__all__ = ["evaluate", "knn", "load_embeddings"]
+__all__ = ["evaluate", "knn", "load_embeddings", "search"]
 
 
 def load_embeddings(path: str) -> tuple[np.ndarray, np.ndarray]:

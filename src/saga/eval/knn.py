@@ -1,4 +1,5 @@
-"""Exact cosine k-nearest neighbours of every item among all the others (leave-one-out retrieval).
+"""Exact cosine k-nearest neighbours of every item among all the others (leave-one-out retrieval), and of new
+queries against a database (`search`).
 
 The zero-shot protocol (REFERENCE.md section 5) uses each test image as a query against all other test images, so
 the query set and the database are the same N embeddings. Two backends return the same neighbours:
@@ -64,10 +65,26 @@ def knn(
     if not 1 <= k <= k_max:
         raise ValueError(f"k = {k} neighbours asked of {n} items (at most {k_max})")
     if backend == "faiss":
-        return _knn_faiss(x, k, exclude_self)
+        return _knn_faiss(x, x, k, exclude_self)
     if chunk_size is None:
         chunk_size = max(1, memory_budget // (4 * n))  # float32 similarities, one row of N per query
-    return _knn_torch(x, k, chunk_size, exclude_self)
+    return _knn_torch(x, x, k, chunk_size, exclude_self)
+
+
+def search(queries: torch.Tensor | np.ndarray, database: torch.Tensor | np.ndarray, k: int, *,
+           backend: str = "torch", memory_budget: int = DEFAULT_MEMORY_BUDGET) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k most cosine-similar database items of each query (deployment: new images against a gallery).
+
+    Returns (sims, idx) as `knn` does, with (Q, k) shapes and indices into `database`."""
+    q, x = l2_normalise(queries), l2_normalise(database)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown kNN backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    if q.shape[1] != x.shape[1]:
+        raise DataError(f"queries have {q.shape[1]} dimensions, the database {x.shape[1]}")
+    k = min(k, x.shape[0])
+    if backend == "faiss":
+        return _knn_faiss(q, x, k, exclude_self=False)
+    return _knn_torch(q, x, k, max(1, memory_budget // (4 * x.shape[0])), exclude_self=False)
 
 
 def l2_normalise(embeddings: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -86,15 +103,17 @@ def l2_normalise(embeddings: torch.Tensor | np.ndarray) -> torch.Tensor:
     return F.normalize(x, dim=1)
 
 
-def _knn_torch(x: torch.Tensor, k: int, chunk_size: int, exclude_self: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    n = x.shape[0]
+def _knn_torch(q: torch.Tensor, x: torch.Tensor, k: int, chunk_size: int,
+               exclude_self: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Queries q against database x (q is x when exclude_self)."""
+    n = q.shape[0]
     sims = torch.empty(n, k, dtype=torch.float32)
     idx = torch.empty(n, k, dtype=torch.int64)
-    block = torch.empty(min(chunk_size, n), n, dtype=torch.float32)  # reused: no page faults from fresh allocations
+    block = torch.empty(min(chunk_size, n), x.shape[0], dtype=torch.float32)  # reused: no fresh page faults
     starts = range(0, n, chunk_size)
     for start in tqdm(starts, desc="kNN", unit="chunk", leave=False, disable=len(starts) < 2):
         stop = min(start + chunk_size, n)
-        s = torch.mm(x[start:stop], x.T, out=block[: stop - start])
+        s = torch.mm(q[start:stop], x.T, out=block[: stop - start])
         if exclude_self:
             rows = torch.arange(stop - start)
             s[rows, start + rows] = float("-inf")  # by index: duplicates of the query stay eligible
@@ -102,7 +121,8 @@ def _knn_torch(x: torch.Tensor, k: int, chunk_size: int, exclude_self: bool) -> 
     return sims, idx
 
 
-def _knn_faiss(x: torch.Tensor, k: int, exclude_self: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _knn_faiss(q: torch.Tensor, x: torch.Tensor, k: int, exclude_self: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Queries q against database x (q is x when exclude_self)."""
     try:
         import faiss
     except ImportError:
@@ -111,7 +131,7 @@ def _knn_faiss(x: torch.Tensor, k: int, exclude_self: bool) -> tuple[torch.Tenso
     data = np.ascontiguousarray(x.numpy())
     index = faiss.IndexFlatIP(data.shape[1])  # exact inner product = cosine on unit vectors
     index.add(data)
-    sims, idx = index.search(data, k + 1 if exclude_self else k)
+    sims, idx = index.search(np.ascontiguousarray(q.numpy()), k + 1 if exclude_self else k)
     if exclude_self:
         n = data.shape[0]
         is_self = idx == np.arange(n)[:, None]
