@@ -6,7 +6,6 @@ returning functions, because tests run with --import-mode=importlib (no sibling 
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
