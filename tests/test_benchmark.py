@@ -1,7 +1,9 @@
 """The results-table runner (`saga benchmark`) and the demo, end to end on a tiny world and a tiny random judge."""
 
+import io
 import json
 
+import numpy as np
 import pytest
 import yaml
 
@@ -138,3 +140,13 @@ def test_demo_writes_the_table_and_a_report_with_every_section(table, tmp_path, 
     assert html.count("<figcaption>pooler</figcaption>") == 3
     assert html.count("&#10003;") + html.count("&#10007;") == 6 * 5  # 6 queries x top-5
     assert json.loads((out / "results.json").read_text())["command"].startswith("saga demo")
+
+    # The retrieval grid reads the first SAGA row's test embeddings; a run from before they were written gets them.
+    gallery = out / "saga_w_o_l_kl" / "seed0" / "test_embeddings.npz"
+    written = gallery.read_bytes()
+    gallery.unlink()
+    assert main(["demo", "--out", str(out), "--table", str(table)]) == 0
+    assert (out / "report.html").read_text() == html
+    with np.load(gallery) as new, np.load(io.BytesIO(written)) as old:
+        assert all(np.allclose(new[k], old[k], atol=1e-6) if k == "embeddings" else np.array_equal(new[k], old[k])
+                   for k in old.files)

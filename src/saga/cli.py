@@ -61,17 +61,11 @@ def _embed(args: argparse.Namespace, split):
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    import numpy as np
+    from saga.models import save_embeddings
 
     res, size = _embed(args, _split(args))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    # What made the embeddings travels with them (a local folder as an absolute path), so `saga search` embeds
-    # its queries the same way from any directory.
-    model = args.model or args.backbone
-    model = str(Path(model).resolve()) if Path(model).is_dir() else model
-    np.savez(args.out, embeddings=res.embeddings, labels=res.labels, paths=np.array(res.paths),
-             model=np.array(model), model_kind=np.array("model" if args.model else "backbone"),
-             image_size=np.array(size))
+    save_embeddings(args.out, res, model=args.model or args.backbone, kind="model" if args.model else "backbone",
+                    image_size=size)
     print(f"wrote {args.out}: {res.embeddings.shape[0]} x {res.embeddings.shape[1]}  "
           f"({res.images_per_s:.1f} images/s)")
     return 0

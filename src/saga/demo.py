@@ -35,11 +35,13 @@ def _token_grid(grid_thw: torch.Tensor, merge: int) -> tuple[int, int]:
 def examples(run_dir: Path, judge: str, dataset, *, num_attention: int = 4, num_queries: int = 6,
              layers: list[int] = (-1,), max_new_tokens: int = 96, seed: int = 0):
     """Attention maps (pooler and judge) and a retrieval grid from a trained SAGA run's export."""
-    from saga.eval import knn
-    from saga.judge import FrozenJudge
     from saga.data.base import load_image
-    from saga.models import embed_split
+    from saga.errors import DataError
+    from saga.eval import knn, load_embeddings
+    from saga.judge import FrozenJudge
+    from saga.models import embed_split, save_embeddings
     from saga.train import load_trained
+    from saga.train.run import TEST_EMBEDDINGS
 
     encoder, pooler, pre = load_trained(run_dir / "export")
     test = dataset.test
@@ -65,9 +67,15 @@ def examples(run_dir: Path, judge: str, dataset, *, num_attention: int = 4, num_
             title=f"{test.class_names[int(test.labels[pairs[k // 2][0]])]} -- judge: "
                   f"{rollout.texts[k // 2].splitlines()[-1] if rollout.texts[k // 2] else '(empty)'}"))
 
-    res = embed_split(None, test, encoder=encoder, pooler=pooler, processor=pre.image_processor,
-                      image_size=pre.side)
-    _, idx = knn(torch.from_numpy(res.embeddings), 5)
+    gallery = run_dir / TEST_EMBEDDINGS  # the run's final evaluation wrote it; a run from before that did not
+    if not gallery.exists():
+        save_embeddings(gallery, embed_split(None, test, encoder=encoder, pooler=pooler,
+                                             processor=pre.image_processor, image_size=pre.side),
+                        model=str(run_dir / "export"), kind="model", image_size=pre.side)
+    embeddings, labels = load_embeddings(gallery)
+    if not np.array_equal(labels, test.labels):
+        raise DataError(f"{gallery}: not the embeddings of {dataset.name}'s test split")
+    _, idx = knn(embeddings, 5)
     retrieval = []
     for q in rng.choice(len(test), size=min(num_queries, len(test)), replace=False):
         name = test.class_names[int(test.labels[q])]

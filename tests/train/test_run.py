@@ -52,7 +52,8 @@ def test_saga_train_command_end_to_end(tiny_overrides, tiny_vlm_dir, tmp_path, m
 
     files = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and "tensorboard" not in p.parts}
     assert files == {"config.yaml", "environment.json", "metrics.jsonl", "completions.jsonl", "test_metrics.json",
-                     "checkpoints/latest", "export/encoder.safetensors", "export/pooler.safetensors",
+                     "test_embeddings.npz", "checkpoints/latest", "export/encoder.safetensors",
+                     "export/pooler.safetensors",
                      "export/preprocessor_config.json", "export/saga_model.json"} | {
         f"checkpoints/ckpt-00000{s}/{f}" for s in (2, 3) for f in (
             "encoder.safetensors", "pooler.safetensors", "loss.safetensors", "optimizer.safetensors",
@@ -97,13 +98,17 @@ def test_saga_train_command_end_to_end(tiny_overrides, tiny_vlm_dir, tmp_path, m
     model = ["--model", str(out / "export"), "--dataset", "synth", "--root", cfg.data.root, "--device", "cpu"]
     assert main(["eval", *model, "--json", str(tmp_path / "eval.json")]) == 0
     assert json.loads((tmp_path / "eval.json").read_text()) == pytest.approx(final, abs=1e-6)
+    # The run's own test_embeddings.npz is what `saga embed --model RUN/export` writes.
     assert main(["embed", *model, "--out", str(tmp_path / "test.npz")]) == 0
-    with np.load(tmp_path / "test.npz") as f:
-        assert evaluate(f["embeddings"], f["labels"], seed=cfg.seed) == pytest.approx(final, abs=1e-6)
-        assert f["paths"].tolist() == [str(p) for p in load_dataset("synth", cfg.data.root).test.paths]
+    with np.load(tmp_path / "test.npz") as f, np.load(out / "test_embeddings.npz") as g:
+        assert set(f.files) == set(g.files) == {"embeddings", "labels", "paths", "model", "model_kind", "image_size"}
+        np.testing.assert_allclose(f["embeddings"], g["embeddings"], atol=1e-6)
+        assert all(np.array_equal(f[k], g[k]) for k in ("labels", "paths", "model", "model_kind", "image_size"))
+        assert evaluate(g["embeddings"], g["labels"], seed=cfg.seed) == pytest.approx(final, abs=1e-6)
+        assert g["paths"].tolist() == [str(p) for p in load_dataset("synth", cfg.data.root).test.paths]
     # `saga search` embeds its queries with the model the gallery records: a gallery image finds itself first.
     query = str(load_dataset("synth", cfg.data.root).test.paths[5])
-    assert main(["search", query, "--gallery", str(tmp_path / "test.npz"), "-k", "3", "--json",
+    assert main(["search", query, "--gallery", str(out / "test_embeddings.npz"), "-k", "3", "--json",
                  str(tmp_path / "hits.json")]) == 0
     [hit] = json.loads((tmp_path / "hits.json").read_text())
     assert hit["query"] == query and len(hit["neighbours"]) == 3

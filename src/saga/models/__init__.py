@@ -9,7 +9,7 @@ from saga.models.backbone import (
     resolve_checkpoint,
     vision_token_ids,
 )
-from saga.models.embed import EmbedResult, embed_split
+from saga.models.embed import EmbedResult, embed_split, save_embeddings
 from saga.models.encoder import EncoderOutput, VisionEncoder
 from saga.models.inject import supports_mm_encoder_outputs, vision_inputs
 from saga.models.poolers import AttentionPooler, MeanPooler, PoolerOutput, build_pooler
@@ -23,6 +23,7 @@ __all__ = [
     "AttentionPooler", "EmbedResult", "EncoderOutput", "ImageOnlyQwen2_5_VLProcessor", "ImageOnlyQwen3VLProcessor",
     "ImagePreprocessor", "MeanPooler", "PoolerOutput", "VisionEncoder",
     "build_pooler", "build_tiny_qwen3vl", "build_tokenizer", "embed_split", "enable_activation_checkpointing",
-    "load_processor", "load_vision_tower", "load_vlm", "resolve_checkpoint", "supports_mm_encoder_outputs",
+    "load_processor", "load_vision_tower", "load_vlm", "resolve_checkpoint", "save_embeddings",
+    "supports_mm_encoder_outputs",
     "vision_inputs", "vision_token_ids",
 ]

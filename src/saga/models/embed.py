@@ -102,3 +102,17 @@ def embed_split(backbone: str | Path | None, split: Split, *, image_size: int = 
         paths=[str(p) for p in split.paths],
         images_per_s=len(split) / max(elapsed, 1e-9),
     )
+
+
+def save_embeddings(path: str | Path, res: EmbedResult, *, model: str, kind: str, image_size: int) -> Path:
+    """Write `res` as the .npz of `saga embed`: embeddings, labels, paths, and what embedded them (model: a hub id
+    or folder; kind: "backbone" or "model", a `saga train` export; image_size), so that `saga search` embeds its
+    query images the same way. A local folder is recorded as an absolute path."""
+    if kind not in ("backbone", "model"):
+        raise ValueError(f"kind must be 'backbone' or 'model', not {kind!r}")
+    model = str(Path(model).resolve()) if Path(model).is_dir() else str(model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, embeddings=res.embeddings, labels=res.labels, paths=np.array(res.paths), model=np.array(model),
+             model_kind=np.array(kind), image_size=np.array(image_size))
+    return path

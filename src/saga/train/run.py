@@ -9,6 +9,8 @@ The run directory (cfg.out_dir) ends up holding:
     checkpoints/         ckpt-XXXXXX/ folders and the `latest` pointer (saga.train.checkpoint)
     test_metrics.json    the final zero-shot test metrics, keys as `saga eval --json`
     export/              the deployable encoder + pooler (saga.train.export)
+    test_embeddings.npz  the final test embeddings, as `saga embed --model <run>/export` writes them (a gallery
+                         for `saga search`)
     class_neighbours.json  each train class's nearest classes (with dml.neighbour_classes)
 """
 
@@ -26,7 +28,7 @@ from saga.data import load_dataset
 from saga.data.base import Split
 from saga.errors import CheckpointError, ConfigError
 from saga.eval import evaluate
-from saga.models import embed_split
+from saga.models import EmbedResult, embed_split, save_embeddings
 from saga.train.batches import class_neighbours
 from saga.train.checkpoint import (complete_checkpoints, config_differences, latest_checkpoint, load_checkpoint,
                                    read_state)
@@ -38,7 +40,8 @@ from saga.utils import environment, resolve_device, seed_everything
 
 # Outputs of an earlier attempt that never reached a checkpoint: a fresh run replaces them.
 NEIGHBOURS = "class_neighbours.json"
-_RUN_OUTPUTS = (METRICS, COMPLETIONS, "tensorboard", "test_metrics.json", "export", NEIGHBOURS)
+TEST_EMBEDDINGS = "test_embeddings.npz"
+_RUN_OUTPUTS = (METRICS, COMPLETIONS, "tensorboard", "test_metrics.json", "export", NEIGHBOURS, TEST_EMBEDDINGS)
 
 
 def _checkpoint_to_resume(cfg: TrainConfig, run_dir: Path, resume: bool) -> Path | None:
@@ -83,11 +86,16 @@ def _read_neighbours(path: Path, split: Split, k: int) -> np.ndarray:
     return np.array(rows, dtype=np.int64).reshape(len(names), k)
 
 
+def embed_test_split(parts: Parts, test: Split, cfg: TrainConfig) -> EmbedResult:
+    """The test split through the current encoder + pooler."""
+    return embed_split(None, test, image_size=cfg.data.image_size, batch_size=cfg.data.eval_batch_size,
+                       encoder=parts.encoder, pooler=parts.pooler, processor=parts.processor,
+                       num_workers=cfg.data.num_workers)
+
+
 def evaluate_test_split(parts: Parts, test: Split, cfg: TrainConfig) -> dict[str, float]:
     """Zero-shot retrieval metrics of the current encoder + pooler on the test split (REFERENCE.md section 5)."""
-    res = embed_split(None, test, image_size=cfg.data.image_size, batch_size=cfg.data.eval_batch_size,
-                      encoder=parts.encoder, pooler=parts.pooler, processor=parts.processor,
-                      num_workers=cfg.data.num_workers)
+    res = embed_test_split(parts, test, cfg)
     return evaluate(res.embeddings, res.labels, seed=cfg.seed)
 
 
@@ -136,12 +144,14 @@ def train(cfg: TrainConfig, resume: bool = False, *, on_step: Callable[[int], No
         run_loop(cfg, parts, data.train, logger, start=start, on_step=on_step, neighbours=neighbours,
                  class_attributes=data.class_attributes if cfg.grpo.attribute_reward else None,
                  evaluate=lambda: evaluate_test_split(parts, data.test, cfg))
-        metrics = evaluate_test_split(parts, data.test, cfg)
+        final = embed_test_split(parts, data.test, cfg)
+        metrics = evaluate(final.embeddings, final.labels, seed=cfg.seed)
         logger.log(cfg.optim.steps, {f"test/{k}": v for k, v in metrics.items()})
     finally:
         logger.close()
     (run_dir / "test_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    export_model(run_dir / "export", parts.encoder, parts.pooler, parts.preprocessor,
-                 {"method": cfg.method, "dataset": cfg.data.dataset, "steps": cfg.optim.steps,
-                  "test_metrics": metrics})
+    export = export_model(run_dir / "export", parts.encoder, parts.pooler, parts.preprocessor,
+                          {"method": cfg.method, "dataset": cfg.data.dataset, "steps": cfg.optim.steps,
+                           "test_metrics": metrics})
+    save_embeddings(run_dir / TEST_EMBEDDINGS, final, model=str(export), kind="model", image_size=cfg.data.image_size)
     return {"test_metrics": metrics, "run_dir": str(run_dir), "steps": cfg.optim.steps}
