@@ -9,8 +9,9 @@ term on the encoder's parameters is taken alone, unweighted. Printed and written
 - norm: the mean gradient norm over the batches;
 - steadiness: |mean of the gradients| / mean of their norms. 1 when every batch pushes the same way; about
   1/sqrt(n) for directions unrelated from batch to batch (the value for n random directions is printed beside it);
-- steady norm: an unbiased estimate of the norm of the expected gradient, the push that adds up over steps
-  (sqrt of (|sum g|^2 - sum |g|^2) / (n (n - 1)), 0 where that is negative);
+- steady norm: the norm of the expected gradient, the push that adds up over steps, from the unbiased estimate of
+  its square, mean over i != j of g_i . g_j (0 where that is negative); with a 95 % upper bound from the estimate's
+  standard error (2 std_i(c_i) / sqrt(n), c_i = mean over j != i of g_i . g_j: a U-statistic's);
 - cos to L_DML: the cosine between the term's gradient and L_DML's on the same batch (mean over the batches).
 
 Batches where a term is exactly zero (L_GRPO when every group's rewards are equal) are counted, and left out of
@@ -57,9 +58,11 @@ def summarise(grads: dict[str, list[torch.Tensor]]) -> dict[str, dict]:
             n = len(live)
             summary["steadiness"] = float(stacked.mean(0).norm()) / float(np.mean(norms))
             summary["steadiness_if_random"] = 1 / math.sqrt(n)
-            if n > 1:  # E|g_i . g_j| over i != j is |E g|^2 for independent batches
-                pairs = float(stacked.sum(0).square().sum() - stacked.square().sum())
-                summary["steady_norm"] = math.sqrt(max(pairs, 0.0) / (n * (n - 1)))
+            if n > 2:  # E[g_i . g_j] over i != j is |E g|^2 for independent batches
+                c = (stacked @ stacked.sum(0) - stacked.square().sum(1)) / (n - 1)
+                estimate, se = float(c.mean()), 2 * float(c.std()) / math.sqrt(n)
+                summary["steady_norm"] = math.sqrt(max(estimate, 0.0))
+                summary["steady_norm_upper"] = math.sqrt(max(estimate + 2 * se, 0.0))
             cos = [float(torch.nn.functional.cosine_similarity(g, d, dim=0)) for g, d in live]
             summary["cos_to_dml"] = float(np.mean(cos))
             summary["cos_to_dml_negative_share"] = float(np.mean([c < 0 for c in cos]))
@@ -108,11 +111,12 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load_config(args.config, args.overrides)
     result = measure(cfg, args.batches, args.checkpoint)
     nan = float("nan")
-    print(f"{'term':6s} {'norm':>9s} {'steady norm':>12s} {'steadiness':>11s} {'(random)':>9s} {'cos to dml':>11s} "
-          f"{'zero':>5s}")
+    print(f"{'term':6s} {'norm':>9s} {'steady norm':>12s} {'(95% <=)':>9s} {'steadiness':>11s} {'(random)':>9s} "
+          f"{'cos to dml':>11s} {'zero':>5s}")
     for name, s in result.items():
-        print(f"{name:6s} {s['norm']:9.4f} {s.get('steady_norm', nan):12.4f} {s.get('steadiness', nan):11.3f} "
-              f"{s.get('steadiness_if_random', nan):9.3f} {s.get('cos_to_dml', nan):11.3f} {s['zero_batches']:5d}")
+        print(f"{name:6s} {s['norm']:9.4f} {s.get('steady_norm', nan):12.4f} {s.get('steady_norm_upper', nan):9.4f} "
+              f"{s.get('steadiness', nan):11.3f} {s.get('steadiness_if_random', nan):9.3f} "
+              f"{s.get('cos_to_dml', nan):11.3f} {s['zero_batches']:5d}")
     doc = {"config": args.config, "overrides": args.overrides, "checkpoint": args.checkpoint,
            "batches": args.batches, "terms": result}
     if args.out:
