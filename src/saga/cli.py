@@ -186,6 +186,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="saga", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -225,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("search", help="the nearest gallery images of query images (a `saga embed` .npz)")
     q.add_argument("query", nargs="+", help="query image files")
     q.add_argument("--gallery", required=True, help="a `saga embed` .npz: embeddings, labels and paths")
-    q.add_argument("-k", type=int, default=5, help="neighbours per query")
+    q.add_argument("-k", type=_positive, default=5, help="neighbours per query")
     model_args(q)
     q.add_argument("--backend", default="torch", choices=["torch", "faiss"], help="kNN backend")
     q.add_argument("--json", help="write the neighbours to this JSON file")

@@ -50,6 +50,8 @@ def test_search_queries_against_a_database(backend):
     assert search(database[:1], database, 10)[1].shape == (1, 3)  # k beyond the database: all of it
     with pytest.raises(DataError, match="queries have 3 dimensions, the database 2"):
         search(np.ones((1, 3)), database, 1)
+    with pytest.raises(ValueError, match="at least one neighbour"):
+        search(database, database, 0)
 
 
 def test_chunk_size_from_memory_budget():

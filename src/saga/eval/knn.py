@@ -81,7 +81,9 @@ def search(queries: torch.Tensor | np.ndarray, database: torch.Tensor | np.ndarr
         raise ValueError(f"unknown kNN backend {backend!r}: use one of {', '.join(BACKENDS)}")
     if q.shape[1] != x.shape[1]:
         raise DataError(f"queries have {q.shape[1]} dimensions, the database {x.shape[1]}")
-    k = min(k, x.shape[0])
+    if k < 1:
+        raise ValueError(f"k = {k}: ask for at least one neighbour")
+    k = min(k, x.shape[0])  # a database smaller than k: all of it, ranked
     if backend == "faiss":
         return _knn_faiss(q, x, k, exclude_self=False)
     return _knn_torch(q, x, k, max(1, memory_budget // (4 * x.shape[0])), exclude_self=False)
