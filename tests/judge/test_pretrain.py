@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -83,3 +84,17 @@ def test_pretrain_writes_a_loadable_judge_whose_loss_decreased(tmp_path):
     with torch.no_grad():
         out = model.generate(**batch, max_new_tokens=4, do_sample=False)
     assert batch["input_ids"].shape[1] < out.shape[1] <= batch["input_ids"].shape[1] + 4
+
+
+@pytest.mark.parametrize("name", sorted(JUDGE_PRESETS))
+def test_every_preset_builds_and_takes_a_step_of_each_stage(name, tmp_path):
+    """Each preset's real geometry (the `small` one has not run on a GPU yet): one step per stage, saved in bfloat16.
+    The small judge must stay small enough to travel between GPU sessions (64 MiB carried in all)."""
+    spec = dataclasses.replace(JUDGE_PRESETS[name], steps=1, reading_steps=1, vision_steps=1, warmup=1, batch_size=2,
+                               reading_batch_size=2, vision_batch_size=2)
+    summary = pretrain_judge(tmp_path / "judge", preset=spec, device="cpu", workers=0, save_dtype="bfloat16")
+    assert np.isfinite(summary["final_loss"]) and np.isfinite(summary["reading_final_loss"])
+    weights = (tmp_path / "judge" / "model.safetensors").stat().st_size
+    if name == "small":
+        assert 13e6 < summary["parameters"] < 15e6 and 10e6 < summary["vision_parameters"] < 11e6
+        assert weights < 32 * 2**20
