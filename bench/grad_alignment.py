@@ -37,7 +37,7 @@ import torch
 from saga.config import load_config
 from saga.data import load_dataset
 from saga.data.base import load_image
-from saga.train.batches import StepBatches
+from saga.train.batches import StepBatches, class_neighbours
 from saga.train.checkpoint import load_checkpoint
 from saga.train.loop import Batch, saga_step
 from saga.train.setup import build_parts
@@ -59,8 +59,8 @@ def summarise(grads: dict[str, list[torch.Tensor]]) -> dict[str, dict]:
             summary["steadiness"] = float(stacked.mean(0).norm()) / float(np.mean(norms))
             summary["steadiness_if_random"] = 1 / math.sqrt(n)
             if n > 2:  # E[g_i . g_j] over i != j is |E g|^2 for independent batches
-                c = (stacked @ stacked.sum(0) - stacked.square().sum(1)) / (n - 1)
-                estimate, se = float(c.mean()), 2 * float(c.std()) / math.sqrt(n)
+                others = (stacked @ stacked.sum(0) - stacked.square().sum(1)) / (n - 1)  # c_i of the docstring
+                estimate, se = float(others.mean()), 2 * float(others.std()) / math.sqrt(n)
                 summary["steady_norm"] = math.sqrt(max(estimate, 0.0))
                 summary["steady_norm_upper"] = math.sqrt(max(estimate + 2 * se, 0.0))
             cos = [float(torch.nn.functional.cosine_similarity(g, d, dim=0)) for g, d in live]
@@ -76,10 +76,15 @@ def measure(cfg, batches: int, checkpoint: str | None = None) -> dict[str, dict]
     seed_everything(cfg.seed)
     data = load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.split_file)
     parts = build_parts(cfg, data.train, resolve_device(cfg.device))
+    neighbours = None
+    if cfg.dml.neighbour_classes:  # the run's near-miss batches, from the initial encoder as `train` builds them
+        neighbours = class_neighbours(parts.encoder, parts.processor, data.train, k=cfg.dml.neighbour_classes,
+                                      image_size=cfg.data.image_size, batch_size=cfg.data.eval_batch_size)
     if checkpoint:
         load_checkpoint(checkpoint, parts.trainable(), parts.optimizer)
     params = [p for p in parts.encoder.parameters() if p.requires_grad]
-    stream = StepBatches(data.train.labels, m=cfg.dml.m_per_class, batch_size=cfg.dml.batch_size, seed=cfg.seed)
+    stream = StepBatches(data.train.labels, m=cfg.dml.m_per_class, batch_size=cfg.dml.batch_size, seed=cfg.seed,
+                         neighbours=neighbours)
     grads: dict[str, list] = {}
     for step in range(batches):
         ids = stream.batch(step)
