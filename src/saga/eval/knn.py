@@ -59,16 +59,10 @@ def knn(
     """
     x = l2_normalise(embeddings)
     n = x.shape[0]
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown kNN backend {backend!r}: use one of {', '.join(BACKENDS)}")
     k_max = n - 1 if exclude_self else n
     if not 1 <= k <= k_max:
         raise ValueError(f"k = {k} neighbours asked of {n} items (at most {k_max})")
-    if backend == "faiss":
-        return _knn_faiss(x, x, k, exclude_self)
-    if chunk_size is None:
-        chunk_size = max(1, memory_budget // (4 * n))  # float32 similarities, one row of N per query
-    return _knn_torch(x, x, k, chunk_size, exclude_self)
+    return _search(x, x, k, backend, chunk_size, memory_budget, exclude_self)
 
 
 def search(queries: torch.Tensor | np.ndarray, database: torch.Tensor | np.ndarray, k: int, *,
@@ -77,16 +71,24 @@ def search(queries: torch.Tensor | np.ndarray, database: torch.Tensor | np.ndarr
 
     Returns (sims, idx) as `knn` does, with (Q, k) shapes and indices into `database`."""
     q, x = l2_normalise(queries), l2_normalise(database)
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown kNN backend {backend!r}: use one of {', '.join(BACKENDS)}")
     if q.shape[1] != x.shape[1]:
         raise DataError(f"queries have {q.shape[1]} dimensions, the database {x.shape[1]}")
     if k < 1:
         raise ValueError(f"k = {k}: ask for at least one neighbour")
     k = min(k, x.shape[0])  # a database smaller than k: all of it, ranked
+    return _search(q, x, k, backend, None, memory_budget, exclude_self=False)
+
+
+def _search(q: torch.Tensor, x: torch.Tensor, k: int, backend: str, chunk_size: int | None, memory_budget: int,
+            exclude_self: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised queries q against normalised database x (q is x when exclude_self), on `backend`."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown kNN backend {backend!r}: use one of {', '.join(BACKENDS)}")
     if backend == "faiss":
-        return _knn_faiss(q, x, k, exclude_self=False)
-    return _knn_torch(q, x, k, max(1, memory_budget // (4 * x.shape[0])), exclude_self=False)
+        return _knn_faiss(q, x, k, exclude_self)
+    if chunk_size is None:
+        chunk_size = max(1, memory_budget // (4 * x.shape[0]))  # float32 similarities, one row of N per query
+    return _knn_torch(q, x, k, chunk_size, exclude_self)
 
 
 def l2_normalise(embeddings: torch.Tensor | np.ndarray) -> torch.Tensor:
