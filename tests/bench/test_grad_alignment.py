@@ -1,26 +1,18 @@
 """bench/grad_alignment.py: steadiness and cosines against hand-computed vectors, and a run on the tiny judge."""
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "bench" / "grad_alignment.py"
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_grad_alignment", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+def bench(load_bench):
+    return load_bench("grad_alignment")
 
 
 def test_summarise_hand_computed(bench):

@@ -1,24 +1,14 @@
 """bench/judge_readings.py: the written-value shares, the truth and the reward per window, on hand-made logs."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "judge_readings.py"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_judge_readings", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+def bench(load_bench):
+    return load_bench("judge_readings")
 
 
 def _row(step, folder, crest, reward):

@@ -2,24 +2,14 @@
 same scoring as the naive path (tower per completion, eager attention, full-vocabulary log-softmax); its static KV
 cache samples the same completions as the default dynamic one."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-STEP = Path(__file__).resolve().parents[2] / "bench" / "step.py"
-
 
 @pytest.fixture(scope="module")
-def step():
-    spec = importlib.util.spec_from_file_location("bench_step", STEP)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+def step(load_bench):
+    return load_bench("step")
 
 
 def test_tiny_step_on_cpu_reports_every_field_and_fast_equals_naive(step, tmp_path):
