@@ -91,7 +91,7 @@ def measure(cfg, batches: int, checkpoint: str | None = None) -> dict[str, dict]
         inputs = parts.preprocessor([load_image(data.train.paths[i]) for i in ids])
         batch = Batch(inputs, torch.as_tensor(data.train.labels[ids]), [str(data.train.paths[i]) for i in ids],
                       [data.class_attributes[int(data.train.labels[i])] for i in ids]
-                      if cfg.grpo.attribute_reward else None)
+                      if cfg.needs_class_attributes else None)
         terms = saga_step(parts, cfg, batch, step).terms
         for name, term in terms.items():
             loss = term["loss"]

@@ -99,6 +99,8 @@ class LossWeights:
     grpo: float = _f(1.0, "weight of L_GRPO")
     kl: float = _f(1.0, "weight of L_KL (attention alignment)")
     dml: float = _f(1.0, "weight of L_DML")
+    attribute_nll: float = _f(0.0, "weight of L_ATTR, the NLL of each pair's true comparison through the judge "
+                                   "(an oracle diagnostic that needs class attributes; not the paper's)")
 
 
 @dataclass
@@ -129,6 +131,11 @@ class TrainConfig:
     dml: DMLConfig = field(default_factory=DMLConfig, metadata={"help": "L_DML"})
     weights: LossWeights = field(default_factory=LossWeights, metadata={"help": "loss weights"})
     optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "optimiser"})
+
+    @property
+    def needs_class_attributes(self) -> bool:
+        """grpo.attribute_reward and weights.attribute_nll read each training class's attributes."""
+        return bool(self.grpo.attribute_reward or self.weights.attribute_nll)
 
 
 # ---------------------------------------------------------------- loading and overriding

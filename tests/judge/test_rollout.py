@@ -128,3 +128,27 @@ def test_rollout_reads_detached_features_and_keeps_train_mode(tiny_vlm_dir, enco
     b = checkpointed.rollout(features, num_generations=2, max_new_tokens=6, seed=0)
     assert torch.equal(a.input_ids, b.input_ids)
     assert checkpointed.model.training and not plain.model.training  # restored after generate
+
+
+def test_teacher_forced_answers_are_scored_as_judge_pretraining_scores_them(judge, encoder):
+    """L_ATTR (weights.attribute_nll) is the judge's pretraining loss on the true answer, read through the encoder:
+    the same token layout as `PairInputs` and the same mean NLL as the model's own loss with those labels."""
+    from saga.judge.pairs import PairInputs
+    from saga.losses import answer_nll
+
+    rng = np.random.default_rng(3)
+    images = [Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)) for _ in range(4)]
+    answers = ["crest: tall / short mismatch\nAnswer: different", "Answer: same"]
+    inputs = ImagePreprocessor(judge.processor, 64)(images)
+    features = encoder(inputs["pixel_values"], inputs["image_grid_thw"])
+    r = judge.teacher_forced(features, answers)
+    assert r.texts == answers and r.verdicts == [False, True] and not r.clipped.any()
+    assert r.pair_of.tolist() == [0, 1]
+    reference = PairInputs(judge.processor, 64)(images, answers)
+    assert torch.equal(r.input_ids, reference["input_ids"])
+    nll = answer_nll(judge.score(features, r).logps, r.completion_mask)["loss"]
+    with torch.no_grad():
+        expected = judge.model(**reference).loss
+    assert nll.item() == pytest.approx(expected.item(), rel=1e-4)
+    with pytest.raises(ValueError, match="3 answers for 2 pairs"):
+        judge.teacher_forced(features, answers + ["Answer: same"])

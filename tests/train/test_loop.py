@@ -5,6 +5,7 @@ import torch
 
 from saga.config import LossWeights
 from saga.data import ImageDataset, load_dataset
+from saga.judge.prompts import format_comparison
 from saga.train.batches import StepBatches
 from saga.train.loop import Batch, combine, dml_step, saga_step
 from saga.train.setup import build_parts
@@ -146,3 +147,31 @@ def test_attribute_reward_adds_the_share_of_values_stated_correctly(tiny_config)
         right = (a["crest"] == crest) + (b["crest"] == crest)
         assert row["reward"] == pytest.approx(0.5 * right / (len(a) + len(b)))  # no verdict: the verdict reward is 0
     assert any(row["reward"] > 0 for row in result.completions)
+
+
+def test_attribute_nll_teacher_forces_each_pairs_true_comparison(tiny_config):
+    cfg = tiny_config("saga", "weights.attribute_nll=1.0")
+    parts, batch = _setup(cfg)
+    data = load_dataset("synth", cfg.data.root)
+    batch.attributes = [data.class_attributes[int(y)] for y in batch.labels]
+    seen = []
+    forced = parts.judge.teacher_forced
+
+    def spy(enc_out, answers):
+        seen.extend(answers)
+        return forced(enc_out, answers)
+
+    parts.judge.teacher_forced = spy
+    result = saga_step(parts, cfg, batch, 0)
+    assert set(result.terms) == {"grpo", "kl", "dml", "attribute_nll"}
+    # Rows of the completion log share the pairs' order: the answers are the true comparisons of those pairs.
+    label_of = {str(p): int(y) for p, y in zip(data.train.paths, data.train.labels, strict=True)}
+    pairs = list(dict.fromkeys((row["pair"], row["image_a"], row["image_b"], row["same"])
+                               for row in result.completions))
+    assert seen == [format_comparison(data.class_attributes[label_of[a]], data.class_attributes[label_of[b]], same)
+                    for _, a, b, same in pairs]
+    assert len(seen) == cfg.grpo.pairs_per_step and "Answer: same" in "".join(seen)
+    term = result.terms["attribute_nll"]
+    assert float(term["loss"].detach()) > 0 and 0 < float(term["answer_token_prob"]) < 1
+    encoder = list(parts.encoder.parameters())
+    assert sum(_nonzero(_grads(term["loss"], encoder))) > len(encoder) // 2

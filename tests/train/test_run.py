@@ -208,8 +208,9 @@ def test_resume_errors(tiny_config, tiny_overrides, tmp_path, capsys):
         (tmp_path / "run" / "checkpoints" / "ckpt-000003" / "state.json").read_text())["step"] == 3
 
 
-def test_attribute_reward_needs_a_dataset_with_class_attributes(tiny_config, synth_world):
+@pytest.mark.parametrize("option", ["grpo.attribute_reward=1.0", "weights.attribute_nll=1.0"])
+def test_class_attribute_options_need_a_dataset_with_class_attributes(option, tiny_config, synth_world):
     # The synthetic world's images read as a plain image folder: the same classes, but no attributes.
-    cfg = tiny_config("saga", "grpo.attribute_reward=1.0", "data.dataset=folder", f"data.root={synth_world / 'images'}")
-    with pytest.raises(ConfigError, match="grpo.attribute_reward needs per-class attributes.*'folder'"):
+    cfg = tiny_config("saga", option, "data.dataset=folder", f"data.root={synth_world / 'images'}")
+    with pytest.raises(ConfigError, match="weights.attribute_nll need per-class attributes.*'folder'"):
         train(cfg)

@@ -2,8 +2,9 @@
 
 REFERENCE.md section 1: the MLLM is frozen throughout and dropped at inference; its role is to turn the encoder's
 image tokens into completions (`rollout`), per-token log-probs whose gradient reaches the encoder (`score`) and
-attention targets (`score(..., attention_layers=...)`). Freezing is by `requires_grad=False` on every parameter,
-never by writing through `.data`, so autograd still carries gradient through the judge into its inputs.
+attention targets (`score(..., attention_layers=...)`); `teacher_forced` makes given answers scorable. Freezing is
+by `requires_grad=False` on every parameter, never by writing through `.data`, so autograd still carries gradient
+through the judge into its inputs.
 
 Mode (REFERENCE.md section 3): gradient checkpointing only runs on modules in train mode, and a frozen LLM in eval
 mode keeps every layer's activations for the backward pass. With checkpointing on, the judge is kept in train mode
@@ -13,12 +14,13 @@ eval mode for `generate` only.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from saga.judge.rollout import Rollout, rollout
+from saga.judge.rollout import Rollout, rollout, teacher_forced
 from saga.judge.scoring import Scores, score
 from saga.models import EncoderOutput, enable_activation_checkpointing, load_vlm
 
@@ -72,6 +74,10 @@ class FrozenJudge:
         """G sampled completions per pair of `enc_out` (2P images a0, b0, a1, b1, ...); see `saga.judge.rollout`."""
         return rollout(self, enc_out, num_generations=num_generations, max_new_tokens=max_new_tokens,
                        temperature=temperature, top_p=top_p, seed=seed)
+
+    def teacher_forced(self, enc_out: EncoderOutput, answers: Sequence[str]) -> Rollout:
+        """Given answers, one per pair of `enc_out`, as a Rollout to `score`; see `saga.judge.rollout`."""
+        return teacher_forced(self, enc_out, answers)
 
     def score(self, enc_out: EncoderOutput, rollout: Rollout, *, attention_layers: list[int] | None = None,
               entropies: bool = False, temperature: float = 1.0) -> Scores:

@@ -140,13 +140,20 @@ class PairInputs:
         return inputs
 
 
+def answer_token_ids(tokenizer, answers: Sequence[str]) -> torch.Tensor:
+    """(P, La) the answers' token ids, each closed by <|im_end|>, right-padded. Answers are tokenized alone: exactly
+    the tokens generation would produce."""
+    rows = [torch.tensor(a + [tokenizer.eos_token_id])
+            for a in tokenizer(list(answers), add_special_tokens=False)["input_ids"]]
+    return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=tokenizer.pad_token_id)
+
+
 def append_answers(tokenizer, prompt_ids: torch.Tensor, answers: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(P, L) prompts + answers (each closed by <|im_end|>, right-padded) -> (input ids, labels), labels -100 on
-    the prompts and the padding. Answers are tokenized alone: exactly the tokens generation would produce."""
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    rows = [torch.tensor(a + [eos]) for a in tokenizer(list(answers), add_special_tokens=False)["input_ids"]]
-    answer_ids = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=pad)
-    labels = torch.cat([torch.full_like(prompt_ids, -100), answer_ids.masked_fill(answer_ids == pad, -100)], 1)
+    """(P, L) prompts + answers (`answer_token_ids`) -> (input ids, labels), labels -100 on the prompts and the
+    padding."""
+    answer_ids = answer_token_ids(tokenizer, answers)
+    labels = torch.cat([torch.full_like(prompt_ids, -100),
+                        answer_ids.masked_fill(answer_ids == tokenizer.pad_token_id, -100)], 1)
     return torch.cat([prompt_ids, answer_ids], dim=1), labels
 
 

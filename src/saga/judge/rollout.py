@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from saga.judge.pairs import answer_token_ids
 from saga.judge.prompts import pair_messages, parse_verdict
 from saga.models import EncoderOutput, vision_inputs, vision_token_ids
 
@@ -121,6 +122,15 @@ def assemble(tokenizer, prompt: dict[str, Tensor], completion_ids: Tensor, num_g
         pair_of=pair_of,
         clipped=~is_stop(completion_ids, stop_ids).any(1),
     )
+
+
+def teacher_forced(judge: FrozenJudge, enc_out: EncoderOutput, answers: Sequence[str]) -> Rollout:
+    """A Rollout (G = 1) whose completions are the given answers, one per pair of `enc_out`, tokenized as judge
+    pretraining does (`saga.judge.pairs.answer_token_ids`), for `score` to teacher-force (L_ATTR)."""
+    prompt = prompt_batch(judge.processor, enc_out.grid_thw, dataset=judge.dataset)
+    if len(answers) != len(prompt["input_ids"]):
+        raise ValueError(f"{len(answers)} answers for {len(prompt['input_ids'])} pairs")
+    return assemble(judge.tokenizer, prompt, answer_token_ids(judge.tokenizer, answers).to(judge.device), 1)
 
 
 def detached(enc_out: EncoderOutput) -> EncoderOutput:

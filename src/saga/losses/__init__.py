@@ -3,6 +3,7 @@
     L_GRPO  grpo.group_advantages + grpo.grpo_loss       policy gradient through the frozen judge
     L_KL    attention_kl.attention_kl                    pooler attention towards the judge's
     L_DML   build_dml_loss("proxy_anchor" | "potential_field", ...)   metric learning on the pooled embedding
+    L_ATTR  answer_nll.answer_nll                        an oracle diagnostic, not the paper's (its docstring)
 
 The DML loss is the one users choose by name in the config, hence the registry below.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from saga.errors import ConfigError
+from saga.losses.answer_nll import answer_nll
 from saga.losses.attention_kl import attention_kl
 from saga.losses.base import LossTerms, loss_terms
 from saga.losses.dml import ProxyLoss
@@ -35,6 +37,7 @@ def build_dml_loss(
 
 
 __all__ = [
-    "DML_LOSSES", "LossTerms", "PotentialField", "ProxyAnchor", "ProxyLoss", "attention_kl", "build_dml_loss",
+    "DML_LOSSES", "LossTerms", "PotentialField", "ProxyAnchor", "ProxyLoss", "answer_nll", "attention_kl",
+    "build_dml_loss",
     "group_advantages", "grpo_loss", "kl_k3", "loss_terms",
 ]

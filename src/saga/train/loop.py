@@ -1,6 +1,7 @@
 """The training loop: one step function per method, and one place that weighs the loss terms.
 
     saga_step   DESIGN.md "Data flow of one SAGA step": L_GRPO + L_KL + L_DML from one pass of the encoder
+                (+ the oracle diagnostic L_ATTR when weights.attribute_nll > 0)
     dml_step    the baselines (Proxy Anchor, Potential Field): mean-pooled embedding, L_DML only
 
 A step function returns the named loss terms of its losses (each a dict with "loss" and detached diagnostics,
@@ -25,8 +26,8 @@ from tqdm import tqdm
 
 from saga.config import LossWeights, TrainConfig, to_dict
 from saga.data.base import ImageDataset, Split
-from saga.judge.prompts import attribute_reward, verdict_reward
-from saga.losses import LossTerms, attention_kl, group_advantages, grpo_loss
+from saga.judge.prompts import attribute_reward, format_comparison, verdict_reward
+from saga.losses import LossTerms, answer_nll, attention_kl, group_advantages, grpo_loss
 from saga.models import ImagePreprocessor
 from saga.train.batches import StepBatches, mine_pairs, step_rng
 from saga.train.checkpoint import save_checkpoint
@@ -37,7 +38,7 @@ from saga.train.setup import Parts, lr_factor
 @dataclass
 class Batch:
     """One step's m-per-class batch: tower inputs, dataset labels, the images' paths (for the logs) and, for
-    `grpo.attribute_reward`, each image's class attributes."""
+    `grpo.attribute_reward` and `weights.attribute_nll`, each image's class attributes."""
 
     inputs: dict[str, Tensor]
     labels: Tensor
@@ -118,6 +119,15 @@ def saga_step(parts: Parts, cfg: TrainConfig, batch: Batch, step: int) -> StepRe
         terms["kl"] = attention_kl(pooled.attention[order], judge_attention, mask[order],
                                    direction=cfg.attention.direction)
 
+    # 6. L_ATTR, the oracle diagnostic (not the paper's, saga.losses.answer_nll): the NLL of each pair's true
+    #    comparison, teacher-forced through the judge. No temperature: it is not a sampled policy's log-prob.
+    if cfg.weights.attribute_nll:
+        truth = batch.attributes
+        answers = [format_comparison(truth[a], truth[b], s) for a, b, s in zip(pairs.a, pairs.b, pairs.same,
+                                                                                 strict=True)]
+        forced = judge.teacher_forced(pair_out, answers)
+        terms["attribute_nll"] = answer_nll(judge.score(pair_out, forced).logps, forced.completion_mask)
+
     verdicts = rollout.verdicts
     correct = [v is not None and v == s for v, s in zip(verdicts, same, strict=True)]
     stats = {
@@ -166,7 +176,7 @@ def run_loop(cfg: TrainConfig, parts: Parts, split: Split, logger: RunLogger, *,
     """Optimiser steps start..cfg.optim.steps-1. `step` counts completed updates: after the update of batch s the
     run is at step s + 1, which is what logs and checkpoints are named by. neighbours: the nearest-class table
     of `dml.neighbour_classes` (saga.train.batches.class_neighbours), or None. class_attributes: label -> attributes,
-    for `grpo.attribute_reward`."""
+    for `grpo.attribute_reward` and `weights.attribute_nll`."""
     batches = StepBatches(split.labels, m=cfg.dml.m_per_class, batch_size=cfg.dml.batch_size, seed=cfg.seed,
                           neighbours=neighbours)
     # Its own generator: a DataLoader draws its workers' base seed when iterated, which would otherwise advance the

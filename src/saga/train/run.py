@@ -122,9 +122,9 @@ def train(cfg: TrainConfig, resume: bool = False, *, on_step: Callable[[int], No
     seed_everything(cfg.seed)  # pooler initialisation draws from torch's global generator
     device = resolve_device(cfg.device)
     data = load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.split_file)
-    if cfg.grpo.attribute_reward and not data.class_attributes:
-        raise ConfigError(f"grpo.attribute_reward needs per-class attributes, which dataset {cfg.data.dataset!r} "
-                          "does not give (the synthetic world does)")
+    if cfg.needs_class_attributes and not data.class_attributes:
+        raise ConfigError(f"grpo.attribute_reward and weights.attribute_nll need per-class attributes, which dataset "
+                          f"{cfg.data.dataset!r} does not give (the synthetic world does)")
     parts = build_parts(cfg, data.train, device)
     neighbours = None
     if cfg.dml.neighbour_classes:
@@ -142,7 +142,7 @@ def train(cfg: TrainConfig, resume: bool = False, *, on_step: Callable[[int], No
         if cfg.eval_every and start == 0:  # the starting point, for the curves
             logger.log(0, {f"test/{k}": v for k, v in evaluate_test_split(parts, data.test, cfg).items()})
         run_loop(cfg, parts, data.train, logger, start=start, on_step=on_step, neighbours=neighbours,
-                 class_attributes=data.class_attributes if cfg.grpo.attribute_reward else None,
+                 class_attributes=data.class_attributes if cfg.needs_class_attributes else None,
                  evaluate=lambda: evaluate_test_split(parts, data.test, cfg))
         final = embed_test_split(parts, data.test, cfg)
         metrics = evaluate(final.embeddings, final.labels, seed=cfg.seed)
