@@ -106,7 +106,8 @@ JUDGE_PRESETS: dict[str, JudgePreset] = {
     # Sized for the lent GPU machine: in bfloat16 it is 28 MB, so it travels with the repository between sessions
     # (64 MiB in all), and its pretraining should fit one 10-minute command (an estimate, not yet timed on a GPU).
     # Rendering bounds it: about 235 images per CPU-second (measured on this machine's cores), so ~3,300 images/s
-    # with 15 render workers; stage 1 renders 384 k photos (~2 min) and stage 2 768 k (~4 min).
+    # with 15 render workers; stage 1 renders 384 k photos (~2 min) and stage 2 768 k (~4 min). On 2 CPU cores a
+    # step of stages 0, 1 and 2 takes about 1.4, 4.6 and 8.4 s: some 18 hours in all, hence a GPU.
     "small": JudgePreset(
         base="small", vision_config={},
         text_config={"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4, "num_attention_heads": 4,

@@ -38,6 +38,5 @@ def build_dml_loss(
 
 __all__ = [
     "DML_LOSSES", "LossTerms", "PotentialField", "ProxyAnchor", "ProxyLoss", "answer_nll", "attention_kl",
-    "build_dml_loss",
-    "group_advantages", "grpo_loss", "kl_k3", "loss_terms",
+    "build_dml_loss", "group_advantages", "grpo_loss", "kl_k3", "loss_terms",
 ]
