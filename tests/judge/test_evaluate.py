@@ -124,6 +124,7 @@ def test_cli_writes_the_results(world, judge, tmp_path, capsys):
                  "--encoder", str(encoder), "--json", str(out)]) == 0
     saved = json.loads(out.read_text())
     assert saved["pairs_balanced"] == 2 and saved["encoder"] == str(encoder)
+    assert saved["root"] == str(world) and saved["seed"] == 0  # what the pairs were drawn from: reproducible
     assert "accuracy_balanced" in capsys.readouterr().out
 
 

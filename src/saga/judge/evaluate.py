@@ -174,7 +174,7 @@ def evaluate_judge(judge_dir: str | Path, dataset: str = "synth", root: str | Pa
         if len(close):
             sets["one_attribute"] = (close, np.zeros(len(close), dtype=bool))
     result: dict = {"judge": str(judge_dir), "encoder": None if encoder is None else str(encoder),
-                    "dataset": dataset, "split": split}
+                    "dataset": dataset, "root": str(root), "split": split, "seed": seed}
     attribute_counts: dict[str, list[int]] = {}
     total_unparseable = total_pairs = 0
     for name, (idx, same) in sets.items():
