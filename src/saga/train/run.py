@@ -65,19 +65,25 @@ def _checkpoint_to_resume(cfg: TrainConfig, run_dir: Path, resume: bool) -> Path
     return ckpt
 
 
+def _class_names(split: Split) -> list[str]:
+    """Class names in class-index order: row c of the nearest-class table is class c."""
+    return [split.class_names[c] for c in sorted(split.class_names)]
+
+
 def _write_neighbours(path: Path, split: Split, neighbours: np.ndarray) -> None:
     """Each train class's nearest classes, by name: for reading, and for a resumed run to read back."""
-    names = [split.class_names[c] for c in sorted(split.class_names)]
+    names = _class_names(split)
     path.write_text(json.dumps({names[c]: [names[n] for n in row] for c, row in enumerate(neighbours)},
                                indent=1) + "\n")
 
 
 def _read_neighbours(path: Path, split: Split, k: int) -> np.ndarray:
     """The table `_write_neighbours` wrote, as the (C, k) array of class indices."""
-    names = [split.class_names[c] for c in sorted(split.class_names)]
+    names = _class_names(split)
     index = {name: i for i, name in enumerate(names)}
     try:
-        rows = [[index[n] for n in json.loads(path.read_text())[name]] for name in names]
+        table = json.loads(path.read_text())
+        rows = [[index[n] for n in table[name]] for name in names]
     except (ValueError, KeyError, TypeError) as e:  # bad JSON, a missing or unknown class, not a mapping of lists
         raise CheckpointError(f"{path}: not this run's nearest-class table ({type(e).__name__}: {e}); delete it "
                               "to recompute it from the initial encoder") from e
