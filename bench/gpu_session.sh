@@ -51,14 +51,14 @@ judge() {
     "$PY" -m saga.cli judge pretrain --out runs/judge-small --preset small --device cuda --save-dtype bfloat16
     cp runs/judge-small/pretrain.json "$OUT/judge_small_pretrain.json"
     # table.yaml's world (data/synth), rendered unless a complete one is there; the table stage reads it too.
-    "$PY" -c "from saga.benchmark import ensure_world, load_table; ensure_world(load_table('configs/synth/table.yaml'))"
+    "$PY" -c "from saga.app.benchmark import ensure_world, load_table; ensure_world(load_table('configs/synth/table.yaml'))"
     "$PY" -m saga.cli judge eval --judge runs/judge-small --dataset synth --root data/synth --split test \
         --pairs 1000 --device cuda --json "$OUT/judge_small_eval.json"
     tar -c -C runs judge-small | split -b 15M - "$OUT/judge-small.tar."
 }
 
 table() {
-    # Resumable (saga.benchmark): a finished row-seed run is reused, an interrupted one resumes from its last
+    # Resumable (saga.app.benchmark): a finished row-seed run is reused, an interrupted one resumes from its last
     # checkpoint; results.json is rewritten after every run. Stops itself before the command's 10 minutes.
     local rc=0
     timeout --signal=INT "${TABLE_SECONDS:-540}" "$PY" -m saga.cli benchmark --config configs/synth/table.yaml \

@@ -39,7 +39,7 @@ from saga.data import load_dataset
 from saga.data.base import load_image
 from saga.train.batches import StepBatches, class_neighbours
 from saga.train.checkpoint import load_checkpoint
-from saga.train.loop import Batch, saga_step
+from saga.train.methods import Batch, saga_step
 from saga.train.setup import build_parts
 from saga.utils import resolve_device, seed_everything
 
@@ -78,8 +78,8 @@ def measure(cfg, batches: int, checkpoint: str | None = None) -> dict[str, dict]
     parts = build_parts(cfg, data.train, resolve_device(cfg.device))
     neighbours = None
     if cfg.dml.neighbour_classes:  # the run's near-miss batches, from the initial encoder as `train` builds them
-        neighbours = class_neighbours(parts.encoder, parts.processor, data.train, k=cfg.dml.neighbour_classes,
-                                      image_size=cfg.data.image_size, batch_size=cfg.data.eval_batch_size)
+        neighbours = class_neighbours(parts.encoder, parts.preprocessor, data.train, k=cfg.dml.neighbour_classes,
+                                      batch_size=cfg.data.eval_batch_size)
     if checkpoint:
         load_checkpoint(checkpoint, parts.trainable(), parts.optimizer)
     params = [p for p in parts.encoder.parameters() if p.requires_grad]

@@ -20,8 +20,8 @@ from collections import Counter
 from pathlib import Path
 
 from saga.config import load_config
-from saga.data.synth import load_world
 from saga.judge.prompts import parse_comparison
+from saga.synth import load_world
 
 
 def readings(rows: list[dict], truth: dict[str, dict[str, str]]) -> dict[str, dict]:

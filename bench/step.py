@@ -1,7 +1,7 @@
 """One SAGA step at a given judge geometry: where the time goes, how far each part is from the hardware bound, and
 how it compares with the naive way of computing the same step.
 
-The step (DESIGN.md, "Data flow of one SAGA step") on P random image pairs, split into timed phases:
+The step (docs/design.md, "One SAGA step") on P random image pairs, split into timed phases:
 
     encoder_forward   trainable tower, once per image (2P images)
     rollout           judge.rollout: one generate for all P x G completions, image features shared by indexing
@@ -20,7 +20,7 @@ returning every layer's maps; log-softmax over all positions of the full logits.
 scoring plus the encoder / pooler / DML phases of the fast path (the same work in both). On the fast path's own
 completions the two must give the same log-probs, attention targets and encoder gradients (`agreement`).
 
-Roofline: a decode step reads every LLM weight and the KV cache once (`saga.models.geometry.decode_bytes`) and
+Roofline: a decode step reads every LLM weight and the KV cache once (`bench/geometry.py`, `decode_bytes`) and
 cannot beat that divided by the memory bandwidth; the scoring pass's model FLOPs (`scoring_flops`) over its time
 and the GPU's dense bf16 peak is its MFU. Bandwidth and peak come from `GPUS` (vendor datasheets) by device name,
 or --bandwidth-tbs / --peak-tflops. Random weights: decoding runs to max_new_tokens (a random judge rarely samples a
@@ -53,14 +53,21 @@ from torch.nn.utils.rnn import pad_sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import step_naive as naive  # noqa: E402  (bench/step_naive.py, beside this file)
+from geometry import build_from_config, decode_bytes, parameter_counts, scoring_flops  # noqa: E402  (bench/)
 
 from saga.judge import FrozenJudge  # noqa: E402
 from saga.judge.prompts import pair_prompt  # noqa: E402
 from saga.losses import ProxyAnchor, attention_kl, grpo_loss  # noqa: E402
-from saga.models import (AttentionPooler, EncoderOutput, ImagePreprocessor, PRESETS, VisionEncoder,  # noqa: E402
-                         build_tiny_qwen3vl, enable_activation_checkpointing, load_vlm)
-from saga.models.geometry import (build_from_config, decode_bytes, parameter_counts,  # noqa: E402
-                                  scoring_flops)
+from saga.models import (  # noqa: E402
+    PRESETS,
+    AttentionPooler,
+    EncoderOutput,
+    ImagePreprocessor,
+    VisionEncoder,
+    build_tiny_qwen3vl,
+    enable_activation_checkpointing,
+    load_vlm,
+)
 from saga.utils import environment, resolve_device, resolve_dtype  # noqa: E402
 
 # Device-name substring -> (HBM bandwidth B/s, dense bf16 FLOP/s), first match wins; NVIDIA datasheets.
@@ -164,7 +171,7 @@ def backward_into_encoder(enc: EncoderOutput, leaf: EncoderOutput) -> None:
 
 
 def score_and_backward(b: Bench, features: EncoderOutput, rollout, attention_layers):
-    """judge.score + L_GRPO backward (on-policy: the gradient is A * grad log pi, REFERENCE.md section 2)."""
+    """judge.score + L_GRPO backward (on-policy: the gradient is A * grad log pi, docs/method.md, "L_GRPO")."""
     scores = b.judge.score(features, rollout, attention_layers=attention_layers)
     mask = rollout.completion_mask.to(scores.logps.device)
     grpo_loss(scores.logps, b.advantages, mask, loss_type="grpo")["loss"].backward()

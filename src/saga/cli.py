@@ -7,9 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from saga.data import DATASETS
 from saga.errors import SagaError
-
-DATASETS = ["cub", "cars", "aircraft", "inat_aves", "folder", "synth"]
 
 
 def _write_json(obj: dict | list, path: str | None) -> None:
@@ -42,30 +41,24 @@ def _split(args: argparse.Namespace):
     return getattr(load_dataset(args.dataset, args.root), args.split)
 
 
-def _embed(args: argparse.Namespace, split):
-    """(EmbedResult, image size) of `split` through a pre-trained backbone (its tower, mean pooling) or a
-    `saga train` export (the trained encoder + pooler)."""
-    from saga.models.embed import embed_split
+def _model(args: argparse.Namespace):
+    """The RetrievalModel of --model (a saved model or run folder) or --backbone (a checkpoint's tower, mean
+    pooling; 224 px unless --image-size)."""
+    from saga.models import load_model
+    from saga.utils import resolve_device
 
-    if args.model:
-        from saga.train.export import load_trained
-        from saga.utils import resolve_device
-
-        encoder, pooler, preprocessor = load_trained(args.model, device=resolve_device(args.device))
-        size = args.image_size or preprocessor.side
-        return embed_split(None, split, image_size=size, batch_size=args.batch_size, encoder=encoder,
-                           pooler=pooler, processor=preprocessor.image_processor), size
-    size = args.image_size or 224
-    return embed_split(args.backbone, split, image_size=size, batch_size=args.batch_size, device=args.device,
-                       dtype=args.dtype, trust_remote_code=args.trust_remote_code), size
+    return load_model(args.model or args.backbone, device=resolve_device(args.device), image_size=args.image_size,
+                      dtype=args.dtype, trust_remote_code=args.trust_remote_code)
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from saga.models import save_embeddings
+    from saga.models import embed_split, save_embeddings
 
-    res, size = _embed(args, _split(args))
+    split = _split(args)
+    model = _model(args)
+    res = embed_split(model, split, batch_size=args.batch_size)
     save_embeddings(args.out, res, model=args.model or args.backbone, kind="model" if args.model else "backbone",
-                    image_size=size)
+                    image_size=model.image_size)
     print(f"wrote {args.out}: {res.embeddings.shape[0]} x {res.embeddings.shape[1]}  "
           f"({res.images_per_s:.1f} images/s)")
     return 0
@@ -74,7 +67,6 @@ def cmd_embed(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from saga.data.base import Split
     from saga.eval import load_embeddings, search
 
     gallery, labels = load_embeddings(args.gallery)
@@ -86,10 +78,9 @@ def cmd_search(args: argparse.Namespace) -> int:
             raise SystemExit(f"saga search: {args.gallery} does not say what embedded it; give --model or --backbone")
         setattr(args, record["model_kind"], record["model"])
         args.image_size = args.image_size or int(record["image_size"])
-    queries = Split("query", [Path(q) for q in args.query], np.zeros(len(args.query)), {0: "query"})
-    res, _ = _embed(args, queries)
+    queries = _model(args).embed(args.query, batch_size=args.batch_size).cpu().numpy()
     try:
-        sims, idx = search(res.embeddings, gallery, args.k, backend=args.backend)
+        sims, idx = search(queries, gallery, args.k, backend=args.backend)
     except SagaError as e:
         raise type(e)(f"{args.gallery}: {e}") from None
     found = [{"query": q, "neighbours": [{"path": paths[j], "label": int(labels[j]), "similarity": float(s)}
@@ -111,7 +102,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         emb, labels = load_embeddings(args.embeddings)
         name = Path(args.embeddings).stem
     else:
-        res, _ = _embed(args, _split(args))
+        from saga.models import embed_split
+
+        split = _split(args)
+        res = embed_split(_model(args), split, batch_size=args.batch_size)
         emb, labels = res.embeddings, res.labels
         name = str(args.model) if args.model else "pre-trained backbone"
         print(f"embedded {len(labels)} images at {res.images_per_s:.1f} images/s")
@@ -125,8 +119,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- synthetic world
+def cmd_export(args: argparse.Namespace) -> int:
+    from saga.app.export import export_run
+
+    out = export_run(args.run, args.out, fmt=args.format, image_size=args.image_size)
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
-    from saga.data.synth import generate_world
+    from saga.synth import generate_world
 
     out = generate_world(args.out, num_classes=args.classes, images_per_class=args.images_per_class,
                          size=args.size, seed=args.seed, preview=args.preview, workers=args.workers)
@@ -136,7 +138,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- judge
 def cmd_judge_pretrain(args: argparse.Namespace) -> int:
-    from saga.judge.pretrain import pretrain_judge
+    from saga.synth.pretrain import pretrain_judge
 
     summary = pretrain_judge(args.out, preset=args.preset, seed=args.seed, device=args.device,
                              steps=args.steps, save_dtype=args.save_dtype)
@@ -145,7 +147,7 @@ def cmd_judge_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_judge_eval(args: argparse.Namespace) -> int:
-    from saga.judge.evaluate import evaluate_judge
+    from saga.synth.judge_eval import evaluate_judge
 
     res = evaluate_judge(args.judge, dataset=args.dataset, root=args.root, split=args.split,
                          pairs=args.pairs, seed=args.seed, device=args.device, encoder=args.encoder)
@@ -157,9 +159,14 @@ def cmd_judge_eval(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- training
 def cmd_train(args: argparse.Namespace) -> int:
-    from saga.config import load_config
-    from saga.train import train
+    from saga.app.run import train
+    from saga.config import describe, load_config
 
+    if args.help_config:
+        print("\n".join(describe()))
+        return 0
+    if not args.config:
+        raise SystemExit("saga train: --config is required")
     cfg = load_config(args.config, args.overrides)
     result = train(cfg, resume=args.resume)
     print(json.dumps(result["test_metrics"], indent=2))
@@ -167,7 +174,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from saga.benchmark import format_results, load_table, run_table, write_results
+    from saga.app.benchmark import format_results, load_table, run_table, write_results
 
     table = load_table(args.config)
     command = "saga " + " ".join(sys.argv[1:] if args.argv is None else args.argv)
@@ -180,7 +187,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from saga.demo import run_demo
+    from saga.app.demo import run_demo
 
     run_demo(args.out, args.table, seed=args.seed)
     return 0
@@ -193,6 +200,8 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from saga.synth.presets import JUDGE_PRESETS
+
     p = argparse.ArgumentParser(prog="saga", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -200,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
         which = q.add_mutually_exclusive_group()
         which.add_argument("--backbone", help="hub id or local path of a Qwen3-VL / Qwen2.5-VL checkpoint: its "
                            "vision tower with mean pooling")
-        which.add_argument("--model", help="a `saga train` export folder (RUN/export): the trained encoder + pooler")
+        which.add_argument("--model", help="a trained model: a `saga train` run folder, its export/ or a `saga "
+                           "export` folder (encoder + pooler)")
         q.add_argument("--image-size", type=int, help="images are resized to this many pixels a side (default: "
                        "224 for --backbone, the training size for --model)")
         q.add_argument("--batch-size", type=int, default=32)
@@ -210,13 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--trust-remote-code", action="store_true", help="allow custom model code (off by default)")
 
     def dataset_args(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--dataset", choices=DATASETS)
+        q.add_argument("--dataset", choices=DATASETS.names())
         q.add_argument("--root", help="dataset root folder")
         q.add_argument("--split", default="test", choices=["train", "test"])
 
     data = sub.add_parser("data", help="dataset utilities").add_subparsers(dest="data_command", required=True)
     q = data.add_parser("info", help="class and image counts of the zero-shot train/test split")
-    q.add_argument("--dataset", required=True, choices=DATASETS)
+    q.add_argument("--dataset", required=True, choices=DATASETS.names())
     q.add_argument("--root", required=True)
     q.add_argument("--split-file", help="folder datasets: file listing train classes, one per line")
     q.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -246,6 +256,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", help="write the metrics to this JSON file")
     q.set_defaults(func=cmd_eval)
 
+    q = sub.add_parser("export", help="a trained run as a self-contained model folder (safetensors or ONNX)")
+    q.add_argument("run", help="a `saga train` run folder (or its export/)")
+    q.add_argument("--out", required=True, help="the folder to write")
+    q.add_argument("--format", default="safetensors", choices=["safetensors", "onnx"],
+                   help="safetensors: for saga.load_model; onnx: encoder + pooler for ONNX Runtime, no torch needed")
+    q.add_argument("--image-size", type=int, help="onnx: the fixed input side in pixels (default: the training size)")
+    q.set_defaults(func=cmd_export)
+
     q = sub.add_parser("synth", help="render the synthetic attribute world (CUB_200_2011 layout)")
     q.add_argument("--out", required=True)
     q.add_argument("--classes", type=int, default=200)
@@ -259,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     judge = sub.add_parser("judge", help="the frozen MLLM judge").add_subparsers(dest="judge_command", required=True)
     q = judge.add_parser("pretrain", help="build and pretrain a small Qwen3-VL judge on random attribute pairs")
     q.add_argument("--out", required=True)
-    q.add_argument("--preset", default="tiny", choices=["tiny", "tiny-long", "small"],
+    q.add_argument("--preset", default="tiny", choices=JUDGE_PRESETS.names(),
                    help="tiny: 10 CPU minutes; tiny-long: 25 CPU minutes, reads every attribute; small: a GPU")
     q.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
     q.add_argument("--seed", type=int, default=0)
@@ -270,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = judge.add_parser("eval", help="verdict accuracy of a judge on pairs of a dataset split")
     q.add_argument("--judge", required=True, help="judge directory or hub id")
     q.add_argument("--encoder", help="a `saga train` export folder: the judge reads the images through its tower")
-    q.add_argument("--dataset", default="synth", choices=DATASETS)
+    q.add_argument("--dataset", default="synth", choices=DATASETS.names())
     q.add_argument("--root", required=True)
     q.add_argument("--split", default="test", choices=["train", "test"])
     q.add_argument("--pairs", type=int, default=200)
@@ -279,8 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", help="write the results to this JSON file")
     q.set_defaults(func=cmd_judge_eval)
 
-    q = sub.add_parser("train", help="train an encoder (saga, proxy_anchor, potential_field)")
-    q.add_argument("--config", required=True, help="YAML config file")
+    q = sub.add_parser("train", help="train a retrieval model with the config's method (saga, the baselines...)")
+    q.add_argument("--config", help="YAML config file")
+    q.add_argument("--help-config", action="store_true", help="list every config key with its default and help")
     q.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-5 method=proxy_anchor")
     q.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
     q.set_defaults(func=cmd_train)

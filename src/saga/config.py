@@ -2,8 +2,8 @@
 
 Every field carries a one-line help (``metadata["help"]``; `describe()` lists them). Unknown keys and values of
 the wrong type are errors that name the key and the file, so a typo never silently falls back to a default. The
-values the paper leaves unstated (REFERENCE.md §1) are fields here, with the choice made written in the presets
-under ``configs/``.
+values the paper leaves unstated (docs/method.md, "What the paper does not state") are fields here, with the choice
+made written in the presets under ``configs/``.
 
 Composition: a YAML file may name a parent with ``base: path.yaml`` (relative to the file). The parent is loaded
 first (it may have its own ``base``) and the file's keys are merged over it, section by section; lists and scalars
@@ -33,7 +33,7 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 
 @dataclass
 class DataConfig:
-    dataset: str = _f("synth", "dataset name: cub, cars, aircraft, inat_aves, folder, synth")
+    dataset: str = _f("synth", "dataset name, one of saga.data.DATASETS (cub, cars, aircraft, inat_aves, ...)")
     root: str = _f("data/synth", "dataset root folder")
     split_file: str | None = _f(None, "folder datasets: file listing the train classes")
     image_size: int = _f(64, "images are resized to this many pixels a side before the processor")
@@ -45,7 +45,7 @@ class DataConfig:
 class ModelConfig:
     judge: str = _f("", "frozen MLLM judge: hub id (e.g. Qwen/Qwen3-VL-8B-Instruct) or local directory")
     backbone: str | None = _f(None, "encoder initialisation; None = the judge's own vision tower (paper setting)")
-    pooler: str = _f("auto", "mean, attention, or auto (attention for saga, mean for the baselines, as in the paper)")
+    pooler: str = _f("auto", "a pooler of saga.models.POOLERS (mean, attention), or auto: the method's own")
     pooler_heads: int = _f(1, "attention pooler heads (their weights are averaged into one distribution)")
     embed_dim: int | None = _f(None, "output projection of the pooler; None = keep the LLM width")
     dtype: str = _f("auto", "judge dtype: float32, bfloat16 or auto (bf16 on GPU, fp32 on CPU)")
@@ -83,7 +83,7 @@ class AttentionConfig:
 
 @dataclass
 class DMLConfig:
-    loss: str = _f("auto", "proxy_anchor, potential_field, or auto (the baseline's own; proxy_anchor for saga)")
+    loss: str = _f("auto", "a loss of saga.losses.DML_LOSSES (proxy_anchor, potential_field), or auto: the method's")
     batch_size: int = _f(32, "images per step (m-per-class batch); the SAGA pairs are drawn from it")
     m_per_class: int = _f(4, "images per class in a batch")
     neighbour_classes: int = _f(0, "pair each batch class with one of its k nearest classes under the initial "
@@ -116,7 +116,7 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    method: str = _f("saga", "saga, proxy_anchor or potential_field")
+    method: str = _f("saga", "a method of saga.train.METHODS: saga, proxy_anchor, potential_field")
     seed: int = _f(0, "seed of every random number generator")
     out_dir: str = _f("runs/default", "run directory: config, metrics.jsonl, TensorBoard events, checkpoints")
     device: str = _f("auto", "cpu, cuda or auto")
@@ -258,17 +258,26 @@ def config_from_dict(data: dict, src: str) -> TrainConfig:
 
 # Fields whose value is one of a few names: checked at load time, so a typo fails before any model is loaded.
 CHOICES: dict[str, tuple[str, ...]] = {
-    "method": ("saga", "proxy_anchor", "potential_field"),
-    "model.pooler": ("auto", "mean", "attention"),
-    "dml.loss": ("auto", "proxy_anchor", "potential_field"),
     "grpo.scale_rewards": ("group", "batch", "none"),
     "grpo.loss_type": ("grpo", "bnpo", "dr_grpo", "dapo"),
     "attention.direction": ("forward", "reverse"),
 }
 
 
+def choices() -> dict[str, tuple[str, ...]]:
+    """Every field whose value is a name, with the names allowed: `CHOICES` and the registries' names (imported
+    here, not at the top, so that reading a config stays light)."""
+    from saga.data import DATASETS
+    from saga.losses import DML_LOSSES
+    from saga.models import POOLERS
+    from saga.train.methods import METHODS
+
+    return {"method": METHODS.names(), "data.dataset": DATASETS.names(), "model.pooler": ("auto", *POOLERS.names()),
+            "dml.loss": ("auto", *DML_LOSSES.names()), **CHOICES}
+
+
 def _check_choices(cfg: TrainConfig) -> None:
-    for dotted, allowed in CHOICES.items():
+    for dotted, allowed in choices().items():
         value: Any = cfg
         for part in dotted.split("."):
             value = getattr(value, part)
@@ -285,7 +294,7 @@ def dump_config(cfg: TrainConfig, path: str | Path) -> None:
 
 
 def describe(cls: type = TrainConfig, prefix: str = "") -> list[str]:
-    """One line per field: dotted key, default, help. Used by `saga train --print-config`."""
+    """One line per field: dotted key, default, help (`saga train --help-config`)."""
     lines = []
     for f in dataclasses.fields(cls):
         tp = typing.get_type_hints(cls)[f.name]

@@ -1,4 +1,5 @@
-"""Errors for bad input. Each message names the file (and line) and the problem; the CLI prints it without a traceback."""
+"""Errors for bad input. Each message names the file (and line) and the problem; the CLI prints it without a
+traceback."""
 
 
 class SagaError(Exception):

@@ -18,8 +18,8 @@ def _row(step, folder, crest, reward):
 
 def _world(root, crests):
     """A world.json of one class per crest value, alike in every other attribute (bill_shape "long")."""
-    from saga.data.synth import Combination, World, design_world
-    from saga.data.synth.world import SynthClass
+    from saga.synth import Combination, World, design_world
+    from saga.synth.world import SynthClass
 
     base = design_world(2, seed=0).classes[0].combination.as_dict() | {"bill_shape": "long"}
     classes = [SynthClass(i + 1, 0, Combination.from_dict(base | {"crest": c})) for i, c in enumerate(crests)]

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from saga.data import DATASETS, ImageDataset, Split, load_dataset, load_image, register_dataset
+from saga.data import DATASETS, ImageDataset, Split, load_dataset, load_image
 from saga.data.base import (DatasetSplits, OfficialCounts, check_counts, find_dataset_dir, first_half, read_fields,
                             require_files, split_by_class)
-from saga.errors import DataError
+from saga.errors import ConfigError, DataError
 
 
 def _splits(tmp_path: Path) -> DatasetSplits:
@@ -136,11 +136,28 @@ def test_registry_passes_split_file_only_when_given(tmp_path, monkeypatch):
         calls.append((root, split_file))
         return _splits(tmp_path)
 
-    monkeypatch.setitem(DATASETS, "toy", loader)
+    monkeypatch.setattr(DATASETS, "_entries", dict(DATASETS._entries))  # registrations undone after the test
+    DATASETS.register("toy", loader)
     assert load_dataset("toy", "r").info()["train"] == {"classes": 2, "images": 3}
     load_dataset("toy", "r", split_file="s.txt")
-    register_dataset("toy", lambda root: calls.append(root) or _splits(tmp_path))  # a loader taking root only
-    load_dataset("toy", "r2")
+    DATASETS.register("toy-root-only", lambda root: calls.append(root) or _splits(tmp_path))
+    load_dataset("toy-root-only", "r2")
     assert calls == [("r", None), ("r", "s.txt"), "r2"]
-    with pytest.raises(DataError, match="unknown dataset 'nope'; known: aircraft, cars, cub"):
+    with pytest.raises(ConfigError, match="unknown dataset 'nope'; choose one of \\['cub', 'cars', 'aircraft'"):
         load_dataset("nope", tmp_path)
+
+
+def test_every_dataset_loads_its_own_format(fakes, synth_world, tmp_path):
+    roots = {
+        "cub": fakes.make_cub(tmp_path / "cub"),
+        "cars": fakes.make_cars(tmp_path / "cars"),
+        "aircraft": fakes.make_aircraft(tmp_path / "aircraft", ["A", "B", "C", "D"]),
+        "inat_aves": fakes.make_inat(tmp_path / "inat", [1, 2, 3, 4], [9]),
+        "folder": fakes.make_folder(tmp_path / "folder", {"a": 2, "b": 2, "c": 2, "d": 2}),
+        "synth": synth_world,
+    }
+    assert set(roots) == set(DATASETS.names())
+    for name in DATASETS:
+        ds = load_dataset(name, roots[name])
+        assert ds.train.num_classes >= 2 and ds.test.num_classes >= 2, name
+        assert not set(ds.train.labels) & set(ds.test.labels), name

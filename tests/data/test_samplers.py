@@ -4,9 +4,8 @@ from collections import Counter
 
 import numpy as np
 import pytest
-import torch
 
-from saga.data.samplers import MPerClassSampler, PairSampler, nearest_classes
+from saga.data.samplers import MPerClassSampler, nearest_classes
 from saga.errors import ConfigError
 
 # 6 classes with dataset ids 10..15; class 15 has only 2 images (fewer than m = 4).
@@ -88,74 +87,3 @@ def test_m_per_class_config_errors():
         MPerClassSampler(LABELS, m=2, batch_size=16)
     with pytest.raises(ValueError, match="rank"):
         MPerClassSampler(LABELS, m=2, batch_size=4, rank=2, world_size=2)
-
-
-def test_pair_labels_and_fractions():
-    sampler = PairSampler(LABELS, pairs_per_batch=8, same_fraction=0.25, seed=0, num_batches=20)
-    assert len(sampler) == 20
-    for batch in sampler:
-        assert len(batch) == 8 and sum(same for _, _, same in batch) == 2
-        for i, j, same in batch:
-            assert same == (LABELS[i] == LABELS[j])
-            assert i != j
-
-
-def test_positive_partners_cover_the_class():
-    labels = np.array([0, 0, 0, 1])
-    sampler = PairSampler(labels, pairs_per_batch=4, same_fraction=1.0, num_batches=30)
-    pairs = {(i, j) for batch in sampler for i, j, _ in batch}
-    assert pairs == {(i, j) for i in range(3) for j in range(3) if i != j}
-
-
-def test_pair_shards_and_determinism():
-    kw = dict(pairs_per_batch=4, seed=9, num_batches=6)
-    single = list(PairSampler(LABELS, **kw))
-    assert single == list(PairSampler(LABELS, **kw))
-    shards = [list(PairSampler(LABELS, rank=r, world_size=2, **kw)) for r in range(2)]
-    assert [b for k in range(3) for b in (shards[0][k], shards[1][k])] == single
-    other_epoch = PairSampler(LABELS, **kw)
-    other_epoch.set_epoch(1)
-    assert list(other_epoch) != single
-
-
-def _nearest_other_class(emb, labels, k):
-    e = emb / np.linalg.norm(emb, axis=1, keepdims=True)
-    sims = e @ e.T
-    sims[labels[:, None] == labels[None, :]] = -np.inf
-    return np.argsort(-sims, axis=1)[:, :k]
-
-
-def test_hard_negatives_come_from_the_nearest_other_class_images():
-    rng = np.random.default_rng(0)
-    emb = rng.normal(size=(len(LABELS), 5)).astype(np.float32)
-    sampler = PairSampler(LABELS, pairs_per_batch=10, same_fraction=0.0, hard_negative_fraction=1.0,
-                          num_candidates=2, num_batches=10, seed=1)
-    sampler.update_embeddings(torch.from_numpy(emb))
-    top2 = _nearest_other_class(emb, LABELS, 2)
-    assert np.array_equal(np.sort(sampler.hard_candidates, axis=1), np.sort(top2, axis=1))
-    for batch in sampler:
-        for i, j, same in batch:
-            assert not same and j in top2[i]
-
-
-def test_hard_negatives_fall_back_to_random_before_embeddings():
-    sampler = PairSampler(LABELS, pairs_per_batch=10, same_fraction=0.0, hard_negative_fraction=1.0,
-                          num_candidates=1, num_batches=10, seed=1)
-    pairs = [(i, j) for batch in sampler for i, j, same in batch if not same]
-    assert len(pairs) == 100
-    # random partners: many distinct partners per anchor class, not one nearest image
-    assert len({j for _, j in pairs}) > 20
-    with pytest.raises(ValueError, match=r"\(32, D\)"):
-        sampler.update_embeddings(np.zeros((5, 3)))
-
-
-def test_mixed_hard_and_random_negatives():
-    rng = np.random.default_rng(2)
-    emb = rng.normal(size=(len(LABELS), 4))
-    sampler = PairSampler(LABELS, pairs_per_batch=10, same_fraction=0.0, hard_negative_fraction=0.5,
-                          num_candidates=1, num_batches=40, seed=4)
-    sampler.update_embeddings(emb)
-    nearest = _nearest_other_class(emb, LABELS, 1)[:, 0]
-    hits = sum(j == nearest[i] for batch in sampler for i, j, _ in batch)
-    # 5 of 10 negatives per batch are hard (always the nearest); random ones hit it with probability ~1/26
-    assert 200 <= hits < 260

@@ -8,9 +8,8 @@ import pytest
 from saga.errors import DataError
 from saga.eval import metrics
 from saga.eval.knn import knn
-from saga.eval.metrics import (
-    kmeans_clusters, map_at_r, neighbours_needed, nmi, r_precision, recall_at_k, retrieval_metrics,
-)
+from saga.eval.metrics import (kmeans_clusters, map_at_r, neighbours_needed, nmi, r_precision, recall_at_k,
+                               retrieval_metrics)
 
 # Six unit vectors in 2-D at these angles (degrees); cosine order = angular order. Classes A A A B B C.
 ANGLES = np.array([0.0, 10.0, 50.0, 28.0, 95.0, 200.0])

@@ -105,7 +105,7 @@ def test_the_tower_runs_once_per_image_and_never_inside_the_judge(judge, encoder
     """One encoder call for the 2P images; the G completions of each pair re-use its features by indexing."""
     calls = {"encoder": [], "judge_tower": 0}
     h1 = encoder.tower.register_forward_hook(lambda m, args, out: calls["encoder"].append(len(args[0])))
-    h2 = judge.vision_tower().patch_embed.register_forward_hook(
+    h2 = judge.model.model.visual.patch_embed.register_forward_hook(
         lambda *a: calls.__setitem__("judge_tower", calls["judge_tower"] + 1))
     try:
         features = _features(judge, encoder, 4, seed=2)
@@ -133,8 +133,8 @@ def test_rollout_reads_detached_features_and_keeps_train_mode(tiny_vlm_dir, enco
 def test_teacher_forced_answers_are_scored_as_judge_pretraining_scores_them(judge, encoder):
     """L_ATTR (weights.attribute_nll) is the judge's pretraining loss on the true answer, read through the encoder:
     the same token layout as `PairInputs` and the same mean NLL as the model's own loss with those labels."""
-    from saga.judge.pairs import PairInputs
     from saga.losses import answer_nll
+    from saga.synth.pairs import PairInputs
 
     rng = np.random.default_rng(3)
     images = [Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)) for _ in range(4)]

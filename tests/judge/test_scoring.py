@@ -1,4 +1,3 @@
-import math
 
 import numpy as np
 import pytest
@@ -41,19 +40,16 @@ def _full_forward_logps(judge, features, r):
 
 
 def test_logps_are_the_full_forward_log_softmax_at_completion_positions(judge):
-    """Left padding (two image sizes) and right padding included; entropies come out detached."""
+    """Left padding (two image sizes) and right padding included."""
     encoder = VisionEncoder.from_vlm(judge.model)
     inputs = _inputs(judge, 4, sizes=[64, 96, 64, 64])
     with torch.no_grad():
         features = encoder(inputs["pixel_values"], inputs["image_grid_thw"])
     r = judge.rollout(features, num_generations=3, max_new_tokens=8, seed=0)
     assert not r.attention_mask[:, 0].all()  # the pair with the larger image has the longer prompt
-    s = judge.score(features, r, entropies=True)
-    logits, expected = _full_forward_logps(judge, features, r)
+    s = judge.score(features, r)
+    _, expected = _full_forward_logps(judge, features, r)
     torch.testing.assert_close(s.logps, expected, rtol=0, atol=1e-5)
-    p = logits.softmax(-1)
-    torch.testing.assert_close(s.entropies, -(p * p.log()).sum(-1) * r.completion_mask, rtol=0, atol=1e-4)
-    assert not s.entropies.requires_grad and judge.score(features, r).entropies is None
 
 
 def test_greedy_rollouts_are_the_argmax_of_the_scored_distribution(judge):
@@ -176,13 +172,10 @@ def test_chunked_completion_logps_match_one_chunk():
     targets = torch.randint(0, 11, (7,))
     expected = head(hidden).log_softmax(-1)[torch.arange(7), targets]
     (grad_expected,) = torch.autograd.grad(expected.sum(), hidden)
-    logps, entropies = completion_logps(head, hidden, targets, chunk_rows=3, with_entropy=True)
+    logps = completion_logps(head, hidden, targets, chunk_rows=3)
     (grad,) = torch.autograd.grad(logps.sum(), hidden)
     torch.testing.assert_close(logps, expected)
     torch.testing.assert_close(grad, grad_expected)
-    p = head(hidden).softmax(-1)
-    torch.testing.assert_close(entropies, -(p * p.log()).sum(-1).detach())
-    assert completion_logps(head, hidden, targets)[1] is None
 
 
 def test_completion_logps_are_of_the_tempered_distribution():
@@ -190,10 +183,7 @@ def test_completion_logps_are_of_the_tempered_distribution():
     head = nn.Linear(1, 2, bias=False)
     with torch.no_grad():
         head.weight.copy_(torch.tensor([[2.0], [0.0]]))
-    logps, entropies = completion_logps(head, torch.ones(1, 1), torch.tensor([0]), temperature=2.0,
-                                        with_entropy=True)
+    logps = completion_logps(head, torch.ones(1, 1), torch.tensor([0]), temperature=2.0)
     torch.testing.assert_close(logps, torch.tensor([-0.313262]), rtol=0, atol=1e-6)
-    p = torch.tensor([math.e, 1.0]) / (math.e + 1)
-    torch.testing.assert_close(entropies, -(p * p.log()).sum()[None])
-    torch.testing.assert_close(completion_logps(head, torch.ones(1, 1), torch.tensor([0]))[0],
+    torch.testing.assert_close(completion_logps(head, torch.ones(1, 1), torch.tensor([0])),
                                torch.tensor([-0.126928]), rtol=0, atol=1e-6)  # 2 - log(e^2 + 1) at temperature 1

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from saga.losses.grpo import group_advantages, grpo_loss, kl_k3
+from saga.losses.grpo import clipped_surrogate, group_advantages, grpo_loss, kl_k3
 
 EPS = 1e-4
 
@@ -62,8 +62,7 @@ LOGPS = torch.log(torch.tensor([[0.5, 0.25, 0.9], [0.8, 0.1, 0.3]]))
     ("grpo", {}, (-1.0 + 0.5) / 2),                               # mean of per-sequence means (-1, 0.5)
     ("bnpo", {}, -1.5 / 3),                                       # sum / 3 active tokens
     ("dr_grpo", {"max_completion_length": 4}, -1.5 / (2 * 4)),    # sum / (B * L_max)
-    ("dapo", {}, -1.5 / 3),                                       # default: active tokens here
-    ("dapo", {"num_items_in_batch": 6}, -1.5 / 6),                # whole accumulated batch
+    ("dapo", {}, -1.5 / 3),                                       # active tokens of the batch
 ])
 def test_aggregations_by_hand(loss_type, kwargs, expected):
     out = grpo_loss(LOGPS.clone().requires_grad_(), ADV, MASK, loss_type=loss_type, **kwargs)
@@ -84,21 +83,18 @@ def test_on_policy_gradient_is_advantage_times_grad_logp(loss_type, normaliser):
     assert torch.allclose(logps.grad, expected)
 
 
-def test_clipping_with_old_logps():
+def test_clipping_of_the_surrogate():
     # rho = 1.5 and 0.5 on the two tokens of each sequence; eps 0.2 -> clip range [0.8, 1.2].
     old = torch.zeros(2, 2)
     logps = torch.log(torch.tensor([[1.5, 0.5], [1.5, 0.5]])).requires_grad_()
-    adv = torch.tensor([2.0, -2.0])
-    mask = torch.ones(2, 2)
-    out = grpo_loss(logps, adv, mask, loss_type="bnpo", old_logps=old)
+    adv = torch.tensor([[2.0], [-2.0]])
+    per_token, low, high = clipped_surrogate(logps, old, adv, 0.2, 0.2)
     # A > 0: rho 1.5 clipped -> -1.2 A = -2.4 (no grad); rho 0.5 not clipped -> -0.5 A = -1.0 (grad -A rho = -1)
     # A < 0: rho 1.5 not clipped -> -1.5 A = 3.0 (grad -A rho = 3); rho 0.5 clipped -> -0.8 A = 1.6 (no grad)
-    assert out["loss"].item() == pytest.approx((-2.4 - 1.0 + 3.0 + 1.6) / 4)
-    out["loss"].backward()
-    assert torch.allclose(logps.grad, torch.tensor([[0.0, -1.0], [3.0, 0.0]]) / 4)
-    assert out["clip_ratio"].item() == pytest.approx(0.5)
-    assert out["clip_ratio_high"].item() == pytest.approx(0.25)
-    assert out["clip_ratio_low"].item() == pytest.approx(0.25)
+    assert torch.allclose(per_token, torch.tensor([[-2.4, -1.0], [3.0, 1.6]]))
+    per_token.sum().backward()
+    assert torch.allclose(logps.grad, torch.tensor([[0.0, -1.0], [3.0, 0.0]]))
+    assert high.tolist() == [[1.0, 0.0], [0.0, 0.0]] and low.tolist() == [[0.0, 0.0], [0.0, 1.0]]
 
 
 def test_k3_value_zero_at_reference_and_added_with_beta():
@@ -119,10 +115,8 @@ def test_beta_without_reference_and_dr_grpo_without_length_are_errors():
         grpo_loss(LOGPS, ADV, MASK, loss_type="dr_grpo")
 
 
-def test_diagnostics_are_detached_and_entropy_is_a_masked_mean():
-    entropies = torch.tensor([[1.0, 2.0, 9.0], [3.0, 9.0, 9.0]])
-    out = grpo_loss(LOGPS.clone().requires_grad_(), ADV, MASK, ref_logps=LOGPS, beta=0.1, entropies=entropies)
-    assert out["entropy"].item() == pytest.approx((1 + 2 + 3) / 3)
+def test_diagnostics_are_detached():
+    out = grpo_loss(LOGPS.clone().requires_grad_(), ADV, MASK, ref_logps=LOGPS, beta=0.1)
     assert out["kl"].item() == 0.0
     assert out["loss"].requires_grad
     assert all(not v.requires_grad and v.dim() == 0 for k, v in out.items() if k != "loss")

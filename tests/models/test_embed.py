@@ -7,7 +7,8 @@ from PIL import Image
 from saga.cli import main
 from saga.data.base import Split, load_image
 from saga.errors import DataError
-from saga.models import AttentionPooler, ImagePreprocessor, MeanPooler, VisionEncoder, embed_split, load_vlm
+from saga.models import (AttentionPooler, ImagePreprocessor, MeanPooler, RetrievalModel, VisionEncoder, embed_split,
+                         load_vlm)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def _one_by_one(encoder, pooler, processor, split, image_size):
 
 
 def test_backbone_embeddings_are_normalised_mean_pooled_tokens(tiny_vlm_dir, split, vlm):
-    res = embed_split(tiny_vlm_dir, split, image_size=64, batch_size=4, device="cpu")
+    res = embed_split(RetrievalModel.from_backbone(tiny_vlm_dir, image_size=64, device="cpu"), split, batch_size=4)
     width = vlm[0].config.text_config.hidden_size
     assert res.embeddings.shape == (6, width) and res.embeddings.dtype == np.float32
     assert np.allclose(np.linalg.norm(res.embeddings, axis=1), 1, atol=1e-5)
@@ -65,25 +66,20 @@ def test_trained_encoder_and_pooler_path(split, vlm):
     torch.manual_seed(0)
     pooler = AttentionPooler(encoder.out_dim, num_heads=2, embed_dim=16).train()
     torch.nn.init.normal_(pooler.query)
-    res = embed_split(None, split, image_size=128, batch_size=5, encoder=encoder, pooler=pooler,
-                      processor=processor)
+    res = embed_split(RetrievalModel(encoder, pooler, ImagePreprocessor(processor, 128)), split, batch_size=5)
     assert res.embeddings.shape == (6, 16)
     assert encoder.training and pooler.training  # modes restored
     reference = _one_by_one(encoder.eval(), pooler.eval(), processor, split, 128)
     np.testing.assert_allclose(res.embeddings, reference, atol=1e-5)
 
 
-def test_needs_a_backbone_or_encoder_and_processor(split, vlm):
-    with pytest.raises(ValueError, match="backbone"):
-        embed_split(None, split, encoder=VisionEncoder.from_vlm(vlm[0]))
-
-
 def test_empty_split_and_missing_image(tmp_path, tiny_vlm_dir):
+    model = RetrievalModel.from_backbone(tiny_vlm_dir, image_size=64, device="cpu")
     with pytest.raises(DataError, match="no images"):
-        embed_split(tiny_vlm_dir, Split("test", [], np.array([]), {}), device="cpu")
+        embed_split(model, Split("test", [], np.array([]), {}))
     broken = Split("test", [tmp_path / "gone.png"], np.array([0]), {0: "a"})
     with pytest.raises(DataError, match="gone.png"):
-        embed_split(tiny_vlm_dir, broken, image_size=64, device="cpu")
+        embed_split(model, broken)
 
 
 def test_cli_embed(tiny_vlm_dir, folder_dataset, tmp_path, capsys):
@@ -132,5 +128,5 @@ def test_cli_needs_one_model(folder_dataset, tmp_path, capsys):
         main(["eval", "--dataset", "folder", "--root", str(folder_dataset)])
     code = main(["embed", "--model", str(tmp_path), "--dataset", "folder", "--root", str(folder_dataset),
                  "--device", "cpu", "--out", str(tmp_path / "x.npz")])
-    assert code == 2 and "not a saga export folder" in capsys.readouterr().err
+    assert code == 2 and "neither a saga model folder" in capsys.readouterr().err
     assert not (tmp_path / "x.npz").exists()

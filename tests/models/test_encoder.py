@@ -4,15 +4,8 @@ import torch
 from PIL import Image
 from transformers import Qwen3VLForConditionalGeneration
 
-from saga.models import (
-    EncoderOutput,
-    ImagePreprocessor,
-    VisionEncoder,
-    enable_activation_checkpointing,
-    load_vlm,
-    supports_mm_encoder_outputs,
-    vision_inputs,
-)
+from saga.models import (EncoderOutput, ImagePreprocessor, VisionEncoder, enable_activation_checkpointing, load_vlm,
+                         supports_mm_encoder_outputs, vision_inputs)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +36,7 @@ def test_forward_shapes(vlm):
     assert isinstance(out, EncoderOutput)
     assert out.num_tokens == [4, 4, 4]  # the preprocessor squares every image to 64 px
     assert encoder.out_dim == model.config.text_config.hidden_size == out.tokens[0].shape[1]
-    assert [p.shape for p in out.patches] == [(16, encoder.patch_dim)] * 3
+    assert [p.shape for p in out.patches] == [(16, encoder.tower.config.hidden_size)] * 3
     levels = len(model.config.vision_config.deepstack_visual_indexes)
     assert len(out.deepstack) == levels and all(len(level) == 3 for level in out.deepstack)
     assert out.deepstack[0][0].shape == (4, encoder.out_dim)

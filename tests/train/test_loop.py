@@ -7,7 +7,8 @@ from saga.config import LossWeights
 from saga.data import ImageDataset, load_dataset
 from saga.judge.prompts import format_comparison
 from saga.train.batches import StepBatches
-from saga.train.loop import Batch, combine, dml_step, saga_step
+from saga.train.loop import combine
+from saga.train.methods import Batch, dml_step, saga_step
 from saga.train.setup import build_parts
 
 

@@ -32,14 +32,14 @@ def test_synthetic_saga_completions_fit_the_longest_comparison_of_the_shipped_ju
     # A limit below it cuts every completion before its verdict line: no reward anywhere, L_GRPO silently zero.
     from transformers import AutoTokenizer
 
-    from saga.judge.evaluate import longest_comparison
+    from saga.synth.judge_eval import longest_comparison
 
     cfg = load_config(CONFIGS / "synth" / "saga.yaml")
     tokenizer = AutoTokenizer.from_pretrained(CONFIGS.parent / cfg.model.judge)
     assert cfg.grpo.max_completion_length >= longest_comparison(tokenizer) + 1  # + the stop token
 
 
-# Results tables (saga.benchmark), not run configs, and the methods their rows train.
+# Results tables (saga.app.benchmark), not run configs, and the methods their rows train.
 ALL_METHODS = {"proxy_anchor", "potential_field", "saga"}
 TABLES = {"demo.yaml": ALL_METHODS, "table.yaml": ALL_METHODS, "table-cpu.yaml": ALL_METHODS,
           "sweep-cpu.yaml": {"saga"}, "neighbours-cpu.yaml": {"proxy_anchor", "saga"}}
@@ -53,7 +53,7 @@ def test_every_yaml_under_configs_loads(path):
 
 @pytest.mark.parametrize("name", sorted(TABLES))
 def test_every_row_of_the_synth_tables_resolves(name, tmp_path):
-    from saga.benchmark import load_table, row_config
+    from saga.app.benchmark import load_table, row_config
 
     table = load_table(CONFIGS / "synth" / name)
     assert {row_config(table, row, 0, tmp_path).method for row in table.rows} == TABLES[name]

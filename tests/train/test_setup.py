@@ -39,7 +39,7 @@ def test_saga_parameter_groups_and_frozen_judge(tiny_config):
     assert optimised == {id(p) for p in expected} and len(optimised) == len(expected)
     assert isinstance(parts.pooler, AttentionPooler) and parts.reference is None
     # The encoder starts as an exact copy of the judge's own tower, in separate storage.
-    judge_tower = dict(parts.judge.vision_tower().named_parameters())
+    judge_tower = dict(parts.judge.model.model.visual.named_parameters())
     for name, p in parts.encoder.tower.named_parameters():
         assert torch.equal(p, judge_tower[name]) and p.data_ptr() != judge_tower[name].data_ptr()
 

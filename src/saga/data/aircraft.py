@@ -1,4 +1,4 @@
-"""FGVC-Aircraft 2013b at the variant level, with the zero-shot split of REFERENCE.md section 5.
+"""FGVC-Aircraft 2013b at the variant level, with the zero-shot split of docs/method.md, "Protocol".
 
 Layout (root may be fgvc-aircraft-2013b/, its data/ folder, or the folder containing fgvc-aircraft-2013b/)::
 

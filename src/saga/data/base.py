@@ -1,7 +1,7 @@
 """What every dataset loader returns, and the checks they share.
 
 A loader reads annotation files only (it never opens an image, so loading is fast and light) and returns a
-`DatasetSplits`: the zero-shot train and test `Split`s, whose classes are disjoint (REFERENCE.md section 5).
+`DatasetSplits`: the zero-shot train and test `Split`s, whose classes are disjoint (docs/method.md, "Protocol").
 Labels are dataset-wide 0-based class ids, so a train label never equals a test label.
 
 Shared policy, decided here once for all loaders:
@@ -32,6 +32,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from saga.errors import DataError
+from saga.images import load_image  # noqa: F401  (re-exported: saga.data.load_image)
 
 log = logging.getLogger(__name__)
 
@@ -74,25 +75,13 @@ class DatasetSplits:
 
 @dataclass(frozen=True)
 class OfficialCounts:
-    """Published size of a dataset and of its zero-shot halves (REFERENCE.md section 5)."""
+    """Published size of a dataset and of its zero-shot halves (docs/method.md, "Protocol")."""
 
     total_classes: int
     train_classes: int
     train_images: int | None  # None: not published (iNat-2021 train.json), only classes are checked
     test_classes: int
     test_images: int | None
-
-
-def load_image(path: str | Path) -> Image.Image:
-    """Open an image as RGB, decoding it now so that a corrupt file fails here, naming its path."""
-    path = Path(path)
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except FileNotFoundError:
-        raise DataError(f"{path}: image file does not exist") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise DataError(f"{path}: cannot read image ({e})") from None
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -235,7 +224,7 @@ def check_counts(splits: DatasetSplits, official: OfficialCounts | None, listed_
 
 
 def no_split_file(dataset: str, split_file: str | Path | None) -> None:
-    """Named datasets have the fixed split of REFERENCE.md section 5; a split file is for folder datasets."""
+    """Named datasets have the fixed split of docs/method.md, "Protocol"; a split file is for folder datasets."""
     if split_file is not None:
         raise DataError(f"{split_file}: a split file applies to the 'folder' dataset only; "
                         f"'{dataset}' has the fixed zero-shot split of its benchmark")

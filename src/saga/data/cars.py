@@ -1,4 +1,4 @@
-"""Stanford Cars-196 with the zero-shot split of REFERENCE.md section 5, from either of its two distributions.
+"""Stanford Cars-196 with the zero-shot split of docs/method.md, "Protocol", from either of its two distributions.
 
 Layouts (root may be the dataset folder or the folder containing it):
 

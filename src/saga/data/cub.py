@@ -1,4 +1,4 @@
-"""CUB-200-2011 (Caltech-UCSD Birds) in its archive layout, with the zero-shot split of REFERENCE.md section 5.
+"""CUB-200-2011 (Caltech-UCSD Birds) in its archive layout, with the zero-shot split of docs/method.md, "Protocol".
 
 Layout (root may be the CUB_200_2011 folder or the folder containing it)::
 

@@ -1,4 +1,4 @@
-"""iNaturalist-2021 birds (class Aves) with a zero-shot split of our own (REFERENCE.md section 5).
+"""iNaturalist-2021 birds (class Aves) with a zero-shot split of our own (docs/method.md, "Protocol").
 
 Layout: the COCO-style annotation files train_mini.json, train.json and val.json with the image folders they name
 (file_name is relative to the folder holding the JSON): images[{id, file_name}], annotations[{image_id,

@@ -1,4 +1,4 @@
-"""Zero-shot retrieval evaluation (REFERENCE.md section 5): kNN search, metrics, result tables.
+"""Zero-shot retrieval evaluation (docs/method.md, "Protocol"): kNN search, metrics, result tables.
 
 ``evaluate`` is the one entry point the CLI and the trainer use: one leave-one-out kNN search serves Recall@K, MAP@R
 and R-precision; k-means serves NMI. Definitions are in ``saga.eval.metrics``, search details in ``saga.eval.knn``.

@@ -1,7 +1,7 @@
 """Exact cosine k-nearest neighbours of every item among all the others (leave-one-out retrieval), and of new
 queries against a database (`search`).
 
-The zero-shot protocol (REFERENCE.md section 5) uses each test image as a query against all other test images, so
+The zero-shot protocol (docs/method.md, "Protocol") uses each test image as a query against all other test images, so
 the query set and the database are the same N embeddings. Two backends return the same neighbours:
 
 - ``torch``: embeddings are L2-normalised, then queries are processed in chunks: one (chunk x N) block of the cosine

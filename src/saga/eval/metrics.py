@@ -1,6 +1,6 @@
 """Zero-shot retrieval metrics: Recall@K, MAP@R, R-precision (from neighbour lists) and NMI (from k-means).
 
-Protocol (REFERENCE.md section 5): every item is a query against all the *other* items of the same set, so the
+Protocol (docs/method.md, "Protocol"): every item is a query against all the *other* items of the same set, so the
 neighbour lists come from ``knn(..., exclude_self=True)`` over that set. For a query q:
 
 - R(q) = number of other items of q's class (class size - 1), the number of relevant items.
@@ -34,15 +34,15 @@ from threadpoolctl import threadpool_limits
 from saga.errors import DataError
 from saga.eval.knn import l2_normalise
 
-# k-means++ seeding is sequential, one pass over the items per centre: on 50,000 x 512 with 1,000 classes it alone
-# takes longer than the whole kNN search on 2 CPU cores. So it runs on a seeded random sample of
+# k-means++ seeding is sequential, one pass over the items per centre: on 50,000 items of 1,000 classes it alone
+# takes longer than the whole kNN search (bench/eval_speed.py). So it runs on a seeded random sample of
 # min(N, max(SEEDING_PER_CLUSTER * k, SEEDING_BUDGET // k)) items (sample size x centres bounds its work); Lloyd's
 # iterations then use all items. The CUB, Cars and Aircraft test splits (< 10,000 items, 50-100 classes) get plain
 # k-means++ seeding on every item; 1,000 classes get a 4,000-item sample.
 SEEDING_BUDGET = 4_000_000
 SEEDING_PER_CLUSTER = 4
 # Lloyd iterations, as pytorch-metric-learning's FAISS k-means (niter=20), which most metric-learning papers' NMI
-# comes from; one iteration on 50,000 x 512 with 1,000 clusters is ~0.25 s on 2 cores.
+# comes from.
 KMEANS_MAX_ITER = 20
 
 

@@ -1,6 +1,6 @@
 """The judge's attention over each image's tokens, from the tokens that state its verdict: the target of L_KL.
 
-REFERENCE.md section 1: the MLLM's attention over an image's tokens, from the tokens that decide the verdict, is the
+docs/method.md: the MLLM's attention over an image's tokens, from the tokens that decide the verdict, is the
 distribution the pooler's attention is pulled towards. Section 3: attention weights come back only from eager
 attention, which materialises every (L x L) map of every layer; at 8B scale that is far too much. Instead, forward
 hooks on a few layers' self-attention recompute softmax(q k^T / sqrt(d)) for only the needed query rows against all

@@ -1,12 +1,12 @@
 """The frozen multimodal judge of SAGA: a Qwen-VL model that never trains, read through the encoder's tokens.
 
-REFERENCE.md section 1: the MLLM is frozen throughout and dropped at inference; its role is to turn the encoder's
+docs/method.md: the MLLM is frozen throughout and dropped at inference; its role is to turn the encoder's
 image tokens into completions (`rollout`), per-token log-probs whose gradient reaches the encoder (`score`) and
 attention targets (`score(..., attention_layers=...)`); `teacher_forced` makes given answers scorable. Freezing is
 by `requires_grad=False` on every parameter, never by writing through `.data`, so autograd still carries gradient
 through the judge into its inputs.
 
-Mode (REFERENCE.md section 3): gradient checkpointing only runs on modules in train mode, and a frozen LLM in eval
+Mode (docs/method.md, "The judge"): gradient checkpointing only runs on modules in train mode, and a frozen LLM in eval
 mode keeps every layer's activations for the backward pass. With checkpointing on, the judge is kept in train mode
 (Qwen-VL's attention dropout is 0, so its outputs do not change); without it, in eval mode. `rollout` switches to
 eval mode for `generate` only.
@@ -20,8 +20,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from saga.judge.rollout import Rollout, rollout, teacher_forced
-from saga.judge.scoring import Scores, score
+from saga.judge import rollout as rollouts
+from saga.judge import scoring
+from saga.judge.rollout import Rollout
+from saga.judge.scoring import Scores
 from saga.models import EncoderOutput, enable_activation_checkpointing, load_vlm
 
 
@@ -58,10 +60,6 @@ class FrozenJudge:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def vision_tower(self) -> nn.Module:
-        """The judge's own tower, e.g. for `VisionEncoder.from_vlm`-style initialisation of the trainable encoder."""
-        return self.model.model.visual
-
     def assert_frozen(self) -> None:
         """Raise RuntimeError if any judge parameter requires grad (e.g. an optimizer was given the judge's)."""
         trainable = [name for name, p in self.model.named_parameters() if p.requires_grad]
@@ -72,16 +70,17 @@ class FrozenJudge:
     def rollout(self, enc_out: EncoderOutput, *, num_generations: int = 8, max_new_tokens: int = 128,
                 temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None) -> Rollout:
         """G sampled completions per pair of `enc_out` (2P images a0, b0, a1, b1, ...); see `saga.judge.rollout`."""
-        return rollout(self, enc_out, num_generations=num_generations, max_new_tokens=max_new_tokens,
-                       temperature=temperature, top_p=top_p, seed=seed)
+        return rollouts.rollout(self.model, self.processor, enc_out, dataset=self.dataset,
+                                num_generations=num_generations, max_new_tokens=max_new_tokens,
+                                temperature=temperature, top_p=top_p, seed=seed)
 
     def teacher_forced(self, enc_out: EncoderOutput, answers: Sequence[str]) -> Rollout:
         """Given answers, one per pair of `enc_out`, as a Rollout to `score`; see `saga.judge.rollout`."""
-        return teacher_forced(self, enc_out, answers)
+        return rollouts.teacher_forced(self.processor, enc_out, answers, dataset=self.dataset)
 
     def score(self, enc_out: EncoderOutput, rollout: Rollout, *, attention_layers: list[int] | None = None,
-              entropies: bool = False, temperature: float = 1.0) -> Scores:
+              temperature: float = 1.0) -> Scores:
         """Teacher-forced log-probs of `rollout`'s completions (+ attention targets) under the sampling
         temperature; see `saga.judge.scoring`."""
-        return score(self, enc_out, rollout, attention_layers=attention_layers, entropies=entropies,
-                     temperature=temperature)
+        return scoring.score(self.model, self.tokenizer, enc_out, rollout, attention_layers=attention_layers,
+                             temperature=temperature)

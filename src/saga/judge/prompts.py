@@ -1,7 +1,7 @@
 """The pair prompt, the comparison format and the verdict parser: one module for every judge.
 
 The synthetic judge is pretrained on exactly these texts, and the SAGA trainer uses the same prompt with the real
-Qwen3-VL, so a verdict means the same thing everywhere. The paper does not publish its prompt (REFERENCE.md §1); this
+Qwen3-VL, so a verdict means the same thing everywhere. The paper does not publish its prompt (docs/method.md); this
 one asks for an attribute-by-attribute comparison followed by a final verdict line, which is what makes the GRPO
 gradient attribute-level: the comparison tokens are conditioned on both images' tokens.
 
@@ -109,7 +109,7 @@ def parse_verdict(text: str) -> bool | None:
 
 
 def verdict_reward(verdict: bool | None, same: bool) -> float:
-    """GRPO reward (REFERENCE.md §1): 1 for a correct verdict, 0 for a wrong or missing one."""
+    """GRPO reward (docs/method.md): 1 for a correct verdict, 0 for a wrong or missing one."""
     return 1.0 if verdict is not None and verdict == same else 0.0
 
 

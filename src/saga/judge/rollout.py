@@ -1,9 +1,9 @@
 """Rollouts: G sampled completions per image pair from the frozen judge, reading the encoder's tokens.
 
-DESIGN.md, "Data flow of one SAGA step": `judge.rollout(tokens.detach(), G)`. What keeps it fast at 8B scale:
+docs/design.md, "One SAGA step": `judge.rollout(tokens.detach(), G)`. What keeps it fast at 8B scale:
 
 - one `generate` call for all P pairs x G completions (decoding at batch 8 is far from the memory-bandwidth limit,
-  REFERENCE.md section 3, so a larger batch is nearly free);
+  docs/method.md, "The judge", so a larger batch is nearly free);
 - the vision tower never runs here: the encoder's per-image outputs are shared by the G completions of a pair by
   indexing (`EncoderOutput.take`), and the judge reads them through `saga.models.vision_inputs`;
 - the image tokens are detached: sampling needs no gradient, `score` re-reads them with gradient.
@@ -18,17 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from saga.judge.pairs import answer_token_ids
 from saga.judge.prompts import pair_messages, parse_verdict
 from saga.models import EncoderOutput, vision_inputs, vision_token_ids
-
-if TYPE_CHECKING:
-    from saga.judge.frozen import FrozenJudge
 
 # Both end a Qwen turn; Qwen3-VL's own generation config stops at either.
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
@@ -124,13 +119,20 @@ def assemble(tokenizer, prompt: dict[str, Tensor], completion_ids: Tensor, num_g
     )
 
 
-def teacher_forced(judge: FrozenJudge, enc_out: EncoderOutput, answers: Sequence[str]) -> Rollout:
-    """A Rollout (G = 1) whose completions are the given answers, one per pair of `enc_out`, tokenized as judge
-    pretraining does (`saga.judge.pairs.answer_token_ids`), for `score` to teacher-force (L_ATTR)."""
-    prompt = prompt_batch(judge.processor, enc_out.grid_thw, dataset=judge.dataset)
+def answer_token_ids(tokenizer, answers: Sequence[str]) -> Tensor:
+    """(P, La) the answers' token ids, each closed by <|im_end|>, right-padded. Answers are tokenized alone: exactly
+    the tokens generation would produce."""
+    rows = [torch.tensor(a + [tokenizer.eos_token_id])
+            for a in tokenizer(list(answers), add_special_tokens=False)["input_ids"]]
+    return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=tokenizer.pad_token_id)
+
+
+def teacher_forced(processor, enc_out: EncoderOutput, answers: Sequence[str], *, dataset: str = "synth") -> Rollout:
+    """A Rollout (G = 1) whose completions are the given answers, one per pair of `enc_out`, for scoring (L_ATTR)."""
+    prompt = prompt_batch(processor, enc_out.grid_thw, dataset=dataset)
     if len(answers) != len(prompt["input_ids"]):
         raise ValueError(f"{len(answers)} answers for {len(prompt['input_ids'])} pairs")
-    return assemble(judge.tokenizer, prompt, answer_token_ids(judge.tokenizer, answers).to(judge.device), 1)
+    return assemble(processor.tokenizer, prompt, answer_token_ids(processor.tokenizer, answers), 1)
 
 
 def detached(enc_out: EncoderOutput) -> EncoderOutput:
@@ -142,18 +144,20 @@ def detached(enc_out: EncoderOutput) -> EncoderOutput:
                          enc_out.grid_thw, enc_out.output_cls)
 
 
-def rollout(judge: FrozenJudge, enc_out: EncoderOutput, *, num_generations: int = 8, max_new_tokens: int = 128,
-            temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None) -> Rollout:
-    """Sample `num_generations` completions for each pair of `enc_out` (2P images ordered a0, b0, a1, b1, ...).
+def rollout(model: nn.Module, processor, enc_out: EncoderOutput, *, dataset: str = "synth", num_generations: int = 8,
+            max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0,
+            seed: int | None = None) -> Rollout:
+    """Sample `num_generations` completions from `model` (the judge) for each pair of `enc_out` (2P images ordered
+    a0, b0, a1, b1, ...), prompted for `dataset` (`prompts.pair_prompt`).
 
     Sampling is plain temperature + nucleus sampling: top_k and repetition penalties that a checkpoint's generation
     config may set are switched off, so completions come from the judge's own distribution (GRPO samples from the
-    policy it scores, REFERENCE.md section 2). With `seed`, the result is reproducible and the global RNG state
+    policy it scores, docs/method.md, "L_GRPO"). With `seed`, the result is reproducible and the global RNG state
     is left as it was.
     """
-    model, tokenizer = judge.model, judge.tokenizer
+    tokenizer = processor.tokenizer
     device = next(model.parameters()).device
-    prompt = prompt_batch(judge.processor, enc_out.grid_thw, dataset=judge.dataset)
+    prompt = prompt_batch(processor, enc_out.grid_thw, dataset=dataset)
     pair_of = torch.arange(len(prompt["input_ids"])).repeat_interleave(num_generations)
     features = detached(enc_out).take(pair_feature_indices(pair_of))
     input_ids = prompt["input_ids"].to(device)[pair_of.to(device)]
@@ -162,7 +166,7 @@ def rollout(judge: FrozenJudge, enc_out: EncoderOutput, *, num_generations: int 
     generation = dict(
         do_sample=True, temperature=temperature, top_p=top_p, top_k=0, repetition_penalty=1.0,
         max_new_tokens=max_new_tokens, eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id,
-        suppress_tokens=vision_token_ids(tokenizer),  # a sampled <|image_pad|> breaks the re-forward (REF. sec. 3)
+        suppress_tokens=vision_token_ids(tokenizer),  # a sampled <|image_pad|> breaks the re-forward (docs/method.md)
     )
     # Generation needs no activations for backward; in train mode a checkpointed model would also drop the KV
     # cache (transformers turns use_cache off under gradient checkpointing).

@@ -1,25 +1,24 @@
 """Teacher-forced scoring of rollouts: per-token log-probs with gradient into the encoder's tokens only.
 
-DESIGN.md, "Data flow of one SAGA step": `judge.score(tokens, completions)` gives the per-token log-probs of L_GRPO
+docs/design.md, "One SAGA step": `judge.score(tokens, completions)` gives the per-token log-probs of L_GRPO
 (gradient into the image tokens) and, from the same forward pass, the attention target of L_KL (no gradient).
 
 - Gradient path: the judge's parameters are frozen; the encoder's per-image tokens and DeepStack features, shared by
   the G completions of a pair by indexing (`EncoderOutput.take`: the tower ran once per image), are the only inputs
   that require grad. The judge reads them through `saga.models.vision_inputs`.
-- Log-softmax only over completion positions (DESIGN.md rule): the language model returns hidden states, only the
-  rows that predict completion tokens go through lm_head, in chunks under activation checkpointing, so the
-  (rows x vocabulary) logits never exist for the whole batch at once (8,192 rows x 151,936 float32 logits would be
-  5 GB at 8B scale; REFERENCE.md section 3).
+- Log-softmax only over completion positions (docs/design.md, "Speed rules"): the language model returns hidden
+  states, only the rows that predict completion tokens go through lm_head, in chunks under activation
+  checkpointing, so the (rows x vocabulary) logits never exist for the whole batch at once (8,192 rows x 151,936
+  float32 logits would be 5 GB at 8B scale).
 - Log-probs are of the distribution the rollouts were sampled from: the judge's logits divided by the sampling
   temperature, as TRL's GRPOTrainer does. With one update per rollout the GRPO ratio is 1 and only the gradient of
-  log pi matters (REFERENCE.md section 2).
+  log pi matters (docs/method.md, "L_GRPO").
 """
 
 from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -29,49 +28,36 @@ from saga.judge.attention import AttentionCapture, image_attention, verdict_toke
 from saga.judge.rollout import Rollout, pair_feature_indices
 from saga.models import EncoderOutput, vision_inputs
 
-if TYPE_CHECKING:
-    from saga.judge.frozen import FrozenJudge
+CHUNK_ROWS = 1024  # completion rows per lm_head chunk: 1,024 x 151,936 float32 logits = 0.6 GB at 8B scale
 
 
 @dataclass
 class Scores:
     """logps: (N, Lc) float32 log-probs of the completion tokens (0 outside completion_mask), differentiable with
     respect to the encoder's outputs. image_attention: one (T_i,) distribution per image of the encoder batch (2P),
-    or None when no attention layers were asked for. entropies: (N, Lc) float32 per-token entropies (detached, 0
-    outside the mask), or None unless asked for."""
+    or None when no attention layers were asked for."""
 
     logps: Tensor
     image_attention: list[Tensor] | None
-    entropies: Tensor | None = None
 
 
-def _token_logps(lm_head: nn.Module, hidden: Tensor, targets: Tensor, with_entropy: bool,
-                 temperature: float = 1.0) -> tuple[Tensor, Tensor]:
-    """log p(target) for rows of final hidden states under softmax(logits / temperature), and their entropies
-    (detached; empty unless asked for)."""
+def _token_logps(lm_head: nn.Module, hidden: Tensor, targets: Tensor, temperature: float = 1.0) -> Tensor:
+    """log p(target) for rows of final hidden states under softmax(logits / temperature)."""
     logits = lm_head(hidden).float() / temperature
-    log_z = logits.logsumexp(-1)
-    entropy = logits.new_zeros(0)
-    if with_entropy:
-        with torch.no_grad():
-            entropy = log_z - (logits.softmax(-1) * logits).sum(-1)
-    return logits.gather(-1, targets[:, None]).squeeze(-1) - log_z, entropy
+    return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
 
 
-def completion_logps(lm_head: nn.Module, hidden: Tensor, targets: Tensor, *, with_entropy: bool = False,
-                     temperature: float = 1.0, chunk_rows: int = 1024) -> tuple[Tensor, Tensor | None]:
+def completion_logps(lm_head: nn.Module, hidden: Tensor, targets: Tensor, *, temperature: float = 1.0,
+                     chunk_rows: int = CHUNK_ROWS) -> Tensor:
     """`_token_logps` over (M, D) rows, `chunk_rows` at a time; under autograd each chunk is checkpointed, so only
-    one chunk's logits are alive in the forward and in the backward pass. Returns (M,) log-probs and (M,)
-    entropies or None."""
-    logps, entropies = [], []
+    one chunk's logits are alive in the forward and in the backward pass. Returns (M,) log-probs."""
+    logps = []
     for h, t in zip(hidden.split(chunk_rows), targets.split(chunk_rows), strict=True):
         if torch.is_grad_enabled() and h.requires_grad:
-            lp, ent = checkpoint(_token_logps, lm_head, h, t, with_entropy, temperature, use_reentrant=False)
+            logps.append(checkpoint(_token_logps, lm_head, h, t, temperature, use_reentrant=False))
         else:
-            lp, ent = _token_logps(lm_head, h, t, with_entropy, temperature)
-        logps.append(lp)
-        entropies.append(ent)
-    return torch.cat(logps), torch.cat(entropies) if with_entropy else None
+            logps.append(_token_logps(lm_head, h, t, temperature))
+    return torch.cat(logps)
 
 
 def _query_positions(query_mask: Tensor, offset: int) -> tuple[Tensor, Tensor]:
@@ -85,16 +71,15 @@ def _query_positions(query_mask: Tensor, offset: int) -> tuple[Tensor, Tensor]:
     return columns + offset, valid
 
 
-def score(judge: FrozenJudge, enc_out: EncoderOutput, rollout: Rollout, *,
-          attention_layers: list[int] | None = None, entropies: bool = False, temperature: float = 1.0,
-          chunk_rows: int = 1024) -> Scores:
-    """Score `rollout` (made from the same encoder batch, 2P images a0, b0, ...) with `enc_out` as the images.
+def score(model: nn.Module, tokenizer, enc_out: EncoderOutput, rollout: Rollout, *,
+          attention_layers: list[int] | None = None, temperature: float = 1.0) -> Scores:
+    """Score `rollout` (made from the same encoder batch, 2P images a0, b0, ...) with `enc_out` as the images
+    read by `model` (the judge; `tokenizer` maps the verdict line to its tokens).
 
-    temperature: the one the rollout was sampled at (log-probs and entropies are of softmax(logits / temperature)).
+    temperature: the one the rollout was sampled at (log-probs are of softmax(logits / temperature)).
     attention_layers: LLM layer indexes (negative from the end) whose attention from the verdict tokens to the image
-    tokens is returned (`saga.judge.attention`); None or [] for none. entropies: also return per-token entropies.
+    tokens is returned (`saga.judge.attention`); None or [] for none.
     """
-    model = judge.model
     device = next(model.parameters()).device
     num_pairs = int(rollout.pair_of.max()) + 1
     if len(enc_out.tokens) != 2 * num_pairs:
@@ -107,7 +92,7 @@ def score(judge: FrozenJudge, enc_out: EncoderOutput, rollout: Rollout, *,
 
     capture = None
     if attention_layers:
-        query_mask = verdict_token_mask(judge.tokenizer, rollout.completion_ids, rollout.completion_mask,
+        query_mask = verdict_token_mask(tokenizer, rollout.completion_ids, rollout.completion_mask,
                                         rollout.verdicts).to(device)
         queries, query_valid = _query_positions(query_mask, rollout.prompt_length)
         capture = AttentionCapture(model, attention_layers, queries, attention_mask.bool())
@@ -122,13 +107,11 @@ def score(judge: FrozenJudge, enc_out: EncoderOutput, rollout: Rollout, *,
     # The state at position t predicts token t + 1: completion column c is predicted at prompt_length + c - 1.
     start = rollout.prompt_length - 1
     predicting = hidden[:, start:start + mask.shape[1]][mask]
-    token_logps, token_entropies = completion_logps(model.lm_head, predicting, rollout.completion_ids.to(device)[mask],
-                                                    with_entropy=entropies, temperature=temperature,
-                                                    chunk_rows=chunk_rows)
+    token_logps = completion_logps(model.lm_head, predicting, rollout.completion_ids.to(device)[mask],
+                                   temperature=temperature)
     zeros = torch.zeros(mask.shape, dtype=torch.float32, device=device)
     return Scores(
         logps=zeros.masked_scatter(mask, token_logps),
         image_attention=None if capture is None else image_attention(
             capture.mean_rows(query_valid), input_ids, image_token_id, rollout.pair_of.to(device), enc_out.num_tokens),
-        entropies=zeros.masked_scatter(mask, token_entropies) if entropies else None,
     )

@@ -20,18 +20,20 @@ from saga.losses.dml import ProxyLoss
 from saga.losses.grpo import group_advantages, grpo_loss, kl_k3
 from saga.losses.potential_field import PotentialField
 from saga.losses.proxy_anchor import ProxyAnchor
+from saga.registry import Registry
 
-DML_LOSSES: dict[str, type[ProxyLoss]] = {"proxy_anchor": ProxyAnchor, "potential_field": PotentialField}
+DML_LOSSES: Registry[type[ProxyLoss]] = Registry("DML loss")
+DML_LOSSES.register("proxy_anchor", ProxyAnchor)
+DML_LOSSES.register("potential_field", PotentialField)
 
 
 def build_dml_loss(
     name: str, num_classes: int, embedding_size: int, *, class_ids: Sequence[int] | None = None, **kwargs
 ) -> ProxyLoss:
     """The DML loss called `name`; kwargs are that loss's own options (margin, alpha, num_proxies_per_class...)."""
-    if name not in DML_LOSSES:
-        raise ConfigError(f"unknown DML loss {name!r}: choose one of {', '.join(sorted(DML_LOSSES))}")
+    loss_cls = DML_LOSSES.get(name)
     try:
-        return DML_LOSSES[name](num_classes, embedding_size, class_ids=class_ids, **kwargs)
+        return loss_cls(num_classes, embedding_size, class_ids=class_ids, **kwargs)
     except TypeError as err:  # an option the chosen loss does not have
         raise ConfigError(f"DML loss {name!r}: {err}") from None
 

@@ -1,4 +1,4 @@
-"""L_KL: pull the pooler's attention over an image's tokens towards the judge's (REFERENCE.md section 1).
+"""L_KL: pull the pooler's attention over an image's tokens towards the judge's (docs/method.md).
 
 The frozen MLLM's attention over each image's tokens, taken from the tokens that decide the verdict, is a target
 distribution; the pooler's attention over the same tokens is trained towards it. Both are renormalised over the

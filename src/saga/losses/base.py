@@ -2,8 +2,8 @@
 
 `terms["loss"]` is the scalar to back-propagate. Every other key is a detached diagnostic, a 0-d tensor on the
 loss's device: keeping it a tensor avoids a host synchronisation inside the training step; the trainer calls
-`.item()` only when it logs. One place (the trainer) multiplies each `loss` by its weight (DESIGN.md: "each loss
-returns a named scalar; one place combines them with their weights and logs each term").
+`.item()` only when it logs. One place, `saga.train.loop.combine`, multiplies each `loss` by its weight, sums them
+and logs every term (docs/design.md, "One SAGA step").
 """
 
 from __future__ import annotations

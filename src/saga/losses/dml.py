@@ -1,4 +1,4 @@
-"""What the proxy-based metric-learning losses share (REFERENCE.md section 4).
+"""What the proxy-based metric-learning losses share (docs/method.md, "L_DML").
 
 Datasets label images with dataset-wide class ids (CUB train classes 0..99, test 100..199; other datasets need
 not be contiguous), while proxies are rows 0..C-1 of a matrix. `ProxyLoss` owns that mapping: it is built from

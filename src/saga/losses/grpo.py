@@ -1,4 +1,4 @@
-"""GRPO: group-relative advantages and the clipped policy-gradient loss (REFERENCE.md section 2).
+"""GRPO: group-relative advantages and the clipped policy-gradient loss (docs/method.md, "L_GRPO").
 
 Formulas are those of DeepSeekMath (Shao et al. 2024, arXiv 2402.03300, eq. 3 and section 4.1.2) as implemented by
 Hugging Face TRL's `GRPOTrainer` (`_generate_and_score_completions` for the advantages, `_compute_loss` for the
@@ -24,7 +24,7 @@ def group_advantages(
     scale_rewards: ScaleRewards = "group",
     eps: float = 1e-4,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Advantages A_i = (r_i - mean(group)) / (std + eps), one per completion (REFERENCE.md section 2).
+    """Advantages A_i = (r_i - mean(group)) / (std + eps), one per completion (docs/method.md, "L_GRPO").
 
     rewards: (P * G,) with the G completions of a prompt contiguous, or (P, G). Returns (advantages (P * G,), stats).
 
@@ -66,37 +66,48 @@ def kl_k3(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
     return torch.exp(diff) - diff - 1
 
 
+def clipped_surrogate(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, epsilon_low: float,
+                      epsilon_high: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token PPO clipped surrogate with DAPO's asymmetric clip range (DeepSeekMath eq. 3; TRL coef_1 / coef_2):
+    -min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A), rho = exp(logps - old_logps); advantages (N, 1). Returns
+    (per-token loss, low-clipped, high-clipped), the last two float masks of the tokens whose clipped branch is
+    active (no gradient), as TRL counts them."""
+    rho = torch.exp(logps - old_logps)
+    rho_clipped = torch.clamp(rho, 1 - epsilon_low, 1 + epsilon_high)
+    per_token = -torch.min(rho * advantages, rho_clipped * advantages)
+    low = ((rho < 1 - epsilon_low) & (advantages < 0)).to(logps.dtype)
+    high = ((rho > 1 + epsilon_high) & (advantages > 0)).to(logps.dtype)
+    return per_token, low, high
+
+
 def grpo_loss(
     logps: torch.Tensor,
     advantages: torch.Tensor,
     mask: torch.Tensor,
     *,
     loss_type: LossType = "grpo",
-    old_logps: torch.Tensor | None = None,
     ref_logps: torch.Tensor | None = None,
     beta: float = 0.0,
     epsilon_low: float = 0.2,
     epsilon_high: float = 0.2,
     max_completion_length: int | None = None,
-    num_items_in_batch: int | torch.Tensor | None = None,
-    entropies: torch.Tensor | None = None,
 ) -> LossTerms:
     """Clipped surrogate loss of GRPO, aggregated over tokens as TRL's `loss_type` does.
 
     logps: (N, T) log-probabilities of the sampled completion tokens under the current policy (with grad);
-    advantages: (N,); mask: (N, T), 1 on completion tokens. old_logps defaults to `logps.detach()`: with one
-    update per rollout rho == 1 and the gradient is A * grad(logp) (REINFORCE with the group baseline).
+    advantages: (N,); mask: (N, T), 1 on completion tokens. SAGA makes one update per rollout, so the sampling
+    policy is the current one (old = logps.detach()): rho == 1, the clip never binds, and the gradient is
+    A * grad(logp), REINFORCE with the group baseline. The clipped form is kept so the loss is TRL's formula.
 
     Aggregation (TRL `_compute_loss`; the trainer handles gradient accumulation, so no division by its steps here):
       grpo     mean over sequences of the per-sequence token mean (DeepSeekMath eq. 3)
       bnpo     sum over tokens / active tokens of this batch
       dr_grpo  sum / (N * max_completion_length), a constant normaliser (Dr. GRPO); max_completion_length required
-      dapo     sum / num_items_in_batch = active tokens of the whole accumulated batch (DAPO, Yu et al. 2025);
-               default: active tokens of this batch. Under DDP pass (global count / world size), as TRL does,
-               because DDP averages gradients across ranks.
+      dapo     sum / active tokens of the whole accumulated batch (DAPO, Yu et al. 2025); without gradient
+               accumulation, those of this batch
 
     Diagnostics (TRL's names): clip_ratio (+ _low / _high), completion_length (mean active tokens), kl (masked
-    mean k3, when ref_logps is given), entropy (masked mean of `entropies` (N, T), when the scorer provides it).
+    mean k3, when ref_logps is given).
     """
     if loss_type not in ("grpo", "bnpo", "dr_grpo", "dapo"):
         raise ValueError(f"loss_type must be grpo, bnpo, dr_grpo or dapo, got {loss_type!r}")
@@ -109,13 +120,8 @@ def grpo_loss(
     active = mask.to(device=logps.device, dtype=torch.bool)
     logps = logps.float().masked_fill(~active, 0.0)
     mask = active.to(logps)
-    old = logps.detach() if old_logps is None else old_logps.to(logps).masked_fill(~active, 0.0)
     adv = advantages.to(logps).unsqueeze(1)
-
-    # PPO clipped surrogate with DAPO's asymmetric clip range (DeepSeekMath eq. 3; TRL coef_1 / coef_2).
-    rho = torch.exp(logps - old)
-    rho_clipped = torch.clamp(rho, 1 - epsilon_low, 1 + epsilon_high)
-    per_token = -torch.min(rho * adv, rho_clipped * adv)
+    per_token, low, high = clipped_surrogate(logps, logps.detach(), adv, epsilon_low, epsilon_high)
     kl = None
     if ref_logps is not None:
         kl = kl_k3(logps, ref_logps.to(logps).masked_fill(~active, 0.0))
@@ -130,13 +136,10 @@ def grpo_loss(
     elif loss_type == "dr_grpo":
         loss = total / (per_token.shape[0] * max_completion_length)
     else:
-        normaliser = mask.sum() if num_items_in_batch is None else torch.as_tensor(num_items_in_batch)
-        loss = total / normaliser.to(total).clamp(min=1.0)
+        loss = total / mask.sum().clamp(min=1.0)
 
     # Diagnostics as TRL logs them: a token is "clipped" when the clipped branch is active (no gradient).
     tokens = mask.sum().clamp(min=1.0)
-    low = ((rho < 1 - epsilon_low) & (adv < 0)).to(mask.dtype)
-    high = ((rho > 1 + epsilon_high) & (adv > 0)).to(mask.dtype)
     diagnostics = {
         "clip_ratio": ((low + high) * mask).sum() / tokens,
         "clip_ratio_low": (low * mask).sum() / tokens,
@@ -145,6 +148,4 @@ def grpo_loss(
     }
     if kl is not None:
         diagnostics["kl"] = (kl * mask).sum() / tokens
-    if entropies is not None:
-        diagnostics["entropy"] = entropies.to(logps).masked_fill(~active, 0.0).sum() / tokens
     return loss_terms(loss, **diagnostics)

@@ -1,6 +1,6 @@
 """Potential Field metric learning (Bhatnagar & Ahuja, CVPR 2025, arXiv 2405.18560): a RECONSTRUCTION.
 
-There is no public code and the paper's exact normalisation was not found (REFERENCE.md section 4). What is known
+There is no public code and the paper's exact normalisation was not found (docs/method.md, "L_DML"). What is known
 and followed here: every embedding and K learnable proxies per class are charges; same-class charges attract with
 a potential -1/d^alpha, other-class charges repel with +1/d^alpha within a radius delta; influence decays with
 distance; training minimises the total energy. K = 15 proxies per class is the paper's CUB / Cars setting; the

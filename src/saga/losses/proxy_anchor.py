@@ -1,4 +1,4 @@
-"""Proxy Anchor loss (Kim et al., CVPR 2020), via pytorch-metric-learning (REFERENCE.md section 4).
+"""Proxy Anchor loss (Kim et al., CVPR 2020), via pytorch-metric-learning (docs/method.md, "L_DML").
 
     loss = 1/|P+| sum_{p in P+} log(1 + sum_{x in X_p+} exp(-alpha (s(x, p) - delta)))
          + 1/|P|  sum_{p in P}  log(1 + sum_{x in X_p-} exp( alpha (s(x, p) + delta)))      (Kim et al. eq. 4)

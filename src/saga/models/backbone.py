@@ -2,7 +2,7 @@
 processor, or only its vision tower.
 
 The family is read from config.json's `model_type`. Processors are the image-only ones of
-`saga.models.processor` for every checkpoint, so loading never needs torchvision (REFERENCE.md section 3). A hub
+`saga.models.processor` for every checkpoint, so loading never needs torchvision (docs/method.md, "The judge"). A hub
 id is resolved through the local Hugging Face cache, downloading only where a network exists; failures are
 `CheckpointError`s that say what was tried.
 """
@@ -16,13 +16,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from torch import nn
-from transformers import (
-    AutoConfig,
-    ProcessorMixin,
-    Qwen2_5_VLForConditionalGeneration,
-    Qwen2VLImageProcessorPil,
-    Qwen3VLForConditionalGeneration,
-)
+from transformers import (AutoConfig, ProcessorMixin, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil,
+                          Qwen3VLForConditionalGeneration)
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionModel
 
@@ -97,7 +92,7 @@ def load_vlm(id_or_path: str | Path, *, device: str = "auto", dtype: str | torch
     """Load a Qwen3-VL or Qwen2.5-VL model (eval mode, on `device`) and its processor.
 
     dtype "auto" is bfloat16 on GPU and float32 on CPU. Use attn_implementation="eager" where attention weights
-    must come back from the forward pass (sdpa returns none; REFERENCE.md section 3). The model classes are
+    must come back from the forward pass (sdpa returns none; docs/method.md, "The judge"). The model classes are
     transformers' own, so trust_remote_code only matters for a checkpoint whose tokenizer ships custom code.
     """
     path = resolve_checkpoint(id_or_path)
@@ -112,7 +107,7 @@ def load_vlm(id_or_path: str | Path, *, device: str = "auto", dtype: str | torch
 def load_vision_tower(id_or_path: str | Path, *, device: str = "auto", dtype: str | torch.dtype = "auto",
                       attn_implementation: str = "sdpa") -> nn.Module:
     """Only the vision tower of a checkpoint (eval mode, on `device`), reading only the tower's tensors from the
-    safetensors files: the 8B model's tower is 576 M of its 8.77 B parameters (REFERENCE.md section 3)."""
+    safetensors files: the 8B model's tower is 576 M of its 8.77 B parameters (docs/method.md, "The judge")."""
     path = resolve_checkpoint(id_or_path)
     tower_cls = FAMILIES[model_type(path)][1]
     device_ = resolve_device(device)
@@ -150,8 +145,8 @@ def _tower_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def enable_activation_checkpointing(model: nn.Module) -> None:
     """Non-reentrant activation (gradient) checkpointing on any transformers 5.x model or tower: 5.23 renamed
     `gradient_checkpointing_enable` to `activation_checkpointing_enable` (the old name warns), 5.17 has only the
-    old one. It only takes effect on modules in train mode; keep a frozen judge in train mode (REFERENCE.md
-    section 3)."""
+    old one. It only takes effect on modules in train mode; keep a frozen judge in train mode (docs/method.md,
+    "The judge")."""
     kwargs = {"use_reentrant": False}
     if hasattr(model, "activation_checkpointing_enable"):
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
@@ -161,5 +156,5 @@ def enable_activation_checkpointing(model: nn.Module) -> None:
 
 def vision_token_ids(tokenizer) -> list[int]:
     """Ids of the vision special tokens, for `generate(suppress_tokens=...)`: a sampled <|image_pad|> breaks the
-    re-forward of the completion (REFERENCE.md section 3)."""
+    re-forward of the completion (docs/method.md, "The judge")."""
     return [tokenizer.convert_tokens_to_ids(t) for t in VISION_TOKENS]

@@ -1,12 +1,12 @@
 """The trainable image encoder: a Qwen-VL vision tower, and what it returns per image.
 
-In SAGA the encoder is a copy of the frozen judge's vision tower (REFERENCE.md section 1: all methods share the
+In SAGA the encoder is a copy of the frozen judge's vision tower (docs/method.md: all methods share the
 Qwen3-VL-8B tower). Its merged tokens play two roles: the pooler turns them into the retrieval embedding, and the
 judge reads them in place of its own tower's output, so the GRPO gradient reaches the encoder through them
-(DESIGN.md, "Data flow of one SAGA step"). The tower runs once per image; `EncoderOutput.take` repeats images for
+(docs/design.md, "One SAGA step"). The tower runs once per image; `EncoderOutput.take` repeats images for
 several completions without running it again.
 
-Tower output (REFERENCE.md section 3): `pooler_output` = merged tokens at the LLM width, one per LLM image token,
+Tower output (docs/method.md, "The judge"): `pooler_output` = merged tokens at the LLM width, one per LLM image token,
 (grid_h * grid_w / 4 per image); `last_hidden_state` = pre-merger patches in 2x2-window order; Qwen3-VL also
 returns `deepstack_features`, one tensor per DeepStack level, added to the LLM hidden state after LLM layers 0, 1,
 2 ... at the image positions. Qwen2.5-VL has no DeepStack.
@@ -118,10 +118,6 @@ class VisionEncoder(nn.Module):
     def out_dim(self) -> int:
         """Width of the merged tokens (the LLM hidden size)."""
         return self.tower.config.out_hidden_size
-
-    @property
-    def patch_dim(self) -> int:
-        return self.tower.config.hidden_size
 
     @property
     def merge_size(self) -> int:

@@ -1,7 +1,7 @@
 """Poolers: an image's variable number of encoder tokens -> one embedding.
 
 Both take padded tokens (B, T, D) and a (B, T) bool mask (True at real tokens; `EncoderOutput.padded()` gives
-both) and return a `PoolerOutput`. The baselines use mean pooling (REFERENCE.md section 1). SAGA's pooler is
+both) and return a `PoolerOutput`. The baselines use mean pooling (docs/method.md). SAGA's pooler is
 `AttentionPooler`, whose weights over the tokens are what the L_KL term pulls towards the judge's attention over
 the same tokens; its embedding is exactly the weighted sum under those weights, so the aligned distribution is
 the one that makes the embedding.
@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from saga.errors import ConfigError
+from saga.registry import Registry
 
 
 @dataclass
@@ -29,6 +30,16 @@ class PoolerOutput:
 
 class MeanPooler(nn.Module):
     """Masked mean of the tokens; no parameters. E = D. A row without real tokens pools to zeros."""
+
+    def __init__(self, dim: int | None = None, *, num_heads: int = 1, embed_dim: int | None = None) -> None:
+        super().__init__()
+        if embed_dim is not None:
+            raise ConfigError(f"pooler 'mean' has no projection; embed_dim must be unset, not {embed_dim}")
+        self.dim = dim
+
+    def spec(self) -> dict:
+        """The constructor arguments, for a saved model to rebuild this pooler."""
+        return {"name": "mean", "dim": self.dim, "num_heads": 1, "embed_dim": None}
 
     def forward(self, tokens: Tensor, mask: Tensor) -> PoolerOutput:
         weights = mask.to(tokens.dtype)
@@ -52,11 +63,15 @@ class AttentionPooler(nn.Module):
         super().__init__()
         if dim % num_heads:
             raise ConfigError(f"pooler: token width {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
+        self.dim, self.num_heads, self.embed_dim = dim, num_heads, embed_dim
         self.query = nn.Parameter(torch.zeros(num_heads, dim // num_heads))
         self.norm = nn.LayerNorm(dim)
         self.key = nn.Linear(dim, dim)
         self.proj = nn.Linear(dim, embed_dim) if embed_dim is not None else nn.Identity()
+
+    def spec(self) -> dict:
+        """The constructor arguments, for a saved model to rebuild this pooler."""
+        return {"name": "attention", "dim": self.dim, "num_heads": self.num_heads, "embed_dim": self.embed_dim}
 
     def forward(self, tokens: Tensor, mask: Tensor) -> PoolerOutput:
         b, t, d = tokens.shape
@@ -69,15 +84,11 @@ class AttentionPooler(nn.Module):
         return PoolerOutput(self.proj(pooled), attention)
 
 
-POOLERS = ("mean", "attention")
+POOLERS: Registry[type[nn.Module]] = Registry("pooler")
+POOLERS.register("mean", MeanPooler)
+POOLERS.register("attention", AttentionPooler)
 
 
 def build_pooler(name: str, dim: int, *, num_heads: int = 1, embed_dim: int | None = None) -> nn.Module:
-    """A pooler by config name: "mean" (param-free: E = D, so embed_dim must be None) or "attention"."""
-    if name == "mean":
-        if embed_dim is not None:
-            raise ConfigError(f"pooler 'mean' has no projection; embed_dim must be unset, not {embed_dim}")
-        return MeanPooler()
-    if name == "attention":
-        return AttentionPooler(dim, num_heads=num_heads, embed_dim=embed_dim)
-    raise ConfigError(f"unknown pooler {name!r}; choose one of {list(POOLERS)}")
+    """A pooler by its registered name, for tokens of width `dim`."""
+    return POOLERS.get(name)(dim, num_heads=num_heads, embed_dim=embed_dim)

@@ -1,7 +1,7 @@
 """Images -> the vision tower's inputs, at a fixed resolution.
 
 The stock Qwen image processor keeps each image's aspect ratio and scales its area into [min_pixels, max_pixels]
-(min 65,536: a 224 px image becomes 256 px, 64 tokens; REFERENCE.md section 3). For retrieval every image should
+(min 65,536: a 224 px image becomes 256 px, 64 tokens; docs/method.md, "The judge"). For retrieval every image should
 cost the same: `ImagePreprocessor` first resizes to a square of `image_size` pixels (rounded to a multiple of
 patch x merge, 32 for Qwen3-VL and 28 for Qwen2.5-VL), then runs the model's own image processor with min = max =
 that area, which then only normalises and patchifies. A side of s gives (s / 32)^2 tokens on Qwen3-VL.
@@ -38,3 +38,8 @@ class ImagePreprocessor:
         out = self.image_processor(images=squares, size={"shortest_edge": area, "longest_edge": area},
                                    return_tensors="pt")
         return {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}
+
+    def collate(self, items: Sequence[tuple[Image.Image, int]]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """[(image, label), ...] -> (tower inputs, labels): a DataLoader `collate_fn` (picklable, for workers)."""
+        images, labels = zip(*items, strict=True)
+        return self(images), torch.tensor(labels, dtype=torch.int64)

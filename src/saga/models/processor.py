@@ -1,7 +1,7 @@
 """Image-only processors for Qwen3-VL and Qwen2.5-VL.
 
 `Qwen3VLProcessor` and `Qwen2_5_VLProcessor` also build a video processor, which needs torchvision; the CPU
-machines have none (REFERENCE.md sections 3 and 6). SAGA only ever shows images, so these subclasses drop the
+machines have none (docs/method.md, "The judge"). SAGA only ever shows images, so these subclasses drop the
 video processor: their `__init__` takes (image_processor, tokenizer, chat_template), which is how transformers
 infers a processor's parts. Text and image handling (placeholder expansion, `mm_token_type_ids`) is inherited
 unchanged. The image processor falls back to its PIL backend without torchvision.

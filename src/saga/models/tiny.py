@@ -1,8 +1,8 @@
 """Small random Qwen3-VL models built from a config, with a local tokenizer and processor (no download).
 
 The synthetic benchmark's judge and every test use the same transformers class as the paper's Qwen3-VL-8B
-(`Qwen3VLForConditionalGeneration`), only smaller (DESIGN.md, "The synthetic attribute world"). The geometry rules
-that a small config must keep are those of REFERENCE.md section 3 and are checked in `check_geometry`.
+(`Qwen3VLForConditionalGeneration`), only smaller (docs/design.md, "The synthetic world"). The geometry rules
+that a small config must keep are those of docs/method.md, "The judge" and are checked in `check_geometry`.
 
 Pixels to tokens: 16 px patches, 2 temporal frames (a still image is duplicated), 2x2 patches merged per LLM token.
 A square image of side s (a multiple of 32) gives (s / 32)^2 image tokens: 64 px -> 4, 128 px -> 16, 224 px -> 49.
@@ -68,7 +68,7 @@ def preset_spec(preset: str, **overrides) -> dict:
 
 
 def check_geometry(config: Qwen3VLConfig) -> None:
-    """Raise ConfigError when a Qwen3-VL config breaks a rule of REFERENCE.md section 3."""
+    """Raise ConfigError when a Qwen3-VL config breaks a rule of docs/method.md, "The judge"."""
     v, t = config.vision_config, config.text_config
     problems = []
     if v.hidden_size % v.num_heads or (v.hidden_size // v.num_heads) % 4:

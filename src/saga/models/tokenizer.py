@@ -1,6 +1,6 @@
 """A small local byte-level BPE tokenizer with Qwen's special tokens and a Qwen-style chat template.
 
-Nothing can be downloaded here, so the tiny judge (REFERENCE.md section 3, "Tiny random models") gets its own
+Nothing can be downloaded here, so the tiny judge (docs/method.md, "The judge") gets its own
 tokenizer, trained with the `tokenizers` library on the texts it will read and write. It mirrors Qwen2's tokenizer
 where it matters for the model code: the same pre-tokenizer (Qwen2's split regex, then byte-level), the same special
 tokens, `<|im_end|>` as end of turn, and images written as `<|vision_start|><|image_pad|><|vision_end|>` (the
@@ -19,7 +19,7 @@ SPECIAL_TOKENS = (
     "<|endoftext|>", "<|im_start|>", "<|im_end|>",
     "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
 )
-# Tokens a model must never sample: a sampled <|image_pad|> breaks the re-forward (REFERENCE.md section 3).
+# Tokens a model must never sample: a sampled <|image_pad|> breaks the re-forward (docs/method.md, "The judge").
 VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 
 # Qwen2's pre-tokenizer split (transformers models/qwen2/tokenization_qwen2.py).

@@ -1,16 +1,15 @@
-"""Training: SAGA and the metric-learning baselines, with checkpoints and an exported deployable model.
+"""Training: SAGA and the metric-learning baselines, step by step, with checkpoints.
 
-    from saga.config import load_config
-    from saga.train import train, load_trained
-    result = train(load_config("configs/synth/saga.yaml"))         # `saga train --config ...`
-    encoder, pooler, preprocessor = load_trained(result["run_dir"] + "/export")
+Modules: methods (the METHODS registry: one step function per method) -> setup (models, parameter groups,
+optimizer) -> batches (step-indexed batches, in-batch pair mining) -> loop (the loss combination, the loop) ->
+checkpoint (atomic safetensors + JSON) -> logger (metrics.jsonl, completions.jsonl, TensorBoard).
 
-Modules: setup (models, parameter groups, optimizer) -> batches (step-indexed batches, in-batch pair mining) ->
-loop (one step function per method, the loss combination, the loop) -> checkpoint (atomic safetensors + JSON) ->
-logger (metrics.jsonl, completions.jsonl, TensorBoard) -> export (encoder + pooler for deployment) -> run (train).
+A whole run (run directory, resume, final evaluation, export) is the application's `saga.app.run.train`, which
+`saga train --config FILE.yaml` calls.
 """
 
-from saga.train.export import export_model, load_trained
-from saga.train.run import train
+from saga.train.loop import combine, run_loop
+from saga.train.methods import METHODS, Method
+from saga.train.setup import Parts, build_parts
 
-__all__ = ["export_model", "load_trained", "train"]
+__all__ = ["METHODS", "Method", "Parts", "build_parts", "combine", "run_loop"]

@@ -4,7 +4,7 @@ Data order is a pure function of (seed, step): step s reads batch s mod E of epo
 `MPerClassSampler` (E batches per epoch), and the pairs of step s are drawn with a generator seeded by
 (seed, step). A resumed run therefore needs no sampler state to continue exactly where it stopped.
 
-Pair mining is in-batch (DESIGN.md, "Data flow of one SAGA step"): the pairs are formed from the images the encoder
+Pair mining is in-batch (docs/design.md, "One SAGA step"): the pairs are formed from the images the encoder
 has already run on, so the vision tower runs once per image per step and the judge's gradient and the DML loss
 reach the same forward pass. Hard negatives are the most similar different-class image of the batch under the
 current, detached embeddings. A global miner (PairSampler with periodic re-embedding of the train split) would find
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from saga.data.base import Split
 from saga.data.samplers import MPerClassSampler, nearest_classes
 from saga.errors import ConfigError
-from saga.models import VisionEncoder, embed_split
+from saga.models import ImagePreprocessor, MeanPooler, RetrievalModel, VisionEncoder, embed_split
 
 
 class StepBatches:
@@ -51,7 +51,7 @@ class StepBatches:
         return (self.batch(step) for step in range(start, stop))
 
 
-def class_neighbours(encoder: VisionEncoder, processor, split: Split, *, k: int, image_size: int,
+def class_neighbours(encoder: VisionEncoder, preprocessor: ImagePreprocessor, split: Split, *, k: int,
                      batch_size: int, images_per_class: int = 10) -> np.ndarray:
     """The (C, k) nearest-class table of `split` under `encoder` (mean-pooled tokens, before any training step):
     class means of the first `images_per_class` images of each class, which is enough to rank classes and costs a
@@ -59,8 +59,7 @@ def class_neighbours(encoder: VisionEncoder, processor, split: Split, *, k: int,
     keep = np.concatenate([np.flatnonzero(split.labels == c)[:images_per_class] for c in np.unique(split.labels)])
     keep.sort()
     subset = Split(split.name, [split.paths[i] for i in keep], split.labels[keep], split.class_names)
-    res = embed_split(None, subset, image_size=image_size, batch_size=batch_size, encoder=encoder,
-                      processor=processor)
+    res = embed_split(RetrievalModel(encoder, MeanPooler(), preprocessor), subset, batch_size=batch_size)
     return nearest_classes(res.embeddings, res.labels, k)
 
 

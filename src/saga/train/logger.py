@@ -3,7 +3,7 @@
 metrics.jsonl has one JSON object per logged step ({"step": s, "loss/grpo": ..., "reward_mean": ..., ...}), easy
 to read with pandas (`pd.read_json(path, lines=True)`). completions.jsonl has one object per sampled completion
 of a logged step, with its pair (image paths, same/different), text, verdict, reward and advantage: the sample
-table TRL users expect from GRPO (REFERENCE.md section 2). The same numbers go to TensorBoard, the table as text.
+table TRL users expect from GRPO (docs/method.md, "L_GRPO"). The same numbers go to TensorBoard, the table as text.
 
 On resume, lines logged after the checkpoint by the interrupted run are dropped (they will be logged again), and
 TensorBoard is told to purge its events past that step, so every file reads as one uninterrupted run.

@@ -1,8 +1,9 @@
 """Everything a training run holds, built from the config: judge, encoder, pooler, DML loss, optimizer.
 
-The paper's setting (REFERENCE.md section 1): every method starts from the judge's own vision tower (Qwen3-VL-8B),
-the baselines pool by mean and train with their DML loss only, SAGA adds an attention pooler and the judge's two
-signals. The judge is loaded only for SAGA; the baselines read just the tower's tensors from its checkpoint.
+The paper's setting (docs/method.md, "The method"): every method starts from the judge's own vision tower
+(Qwen3-VL-8B), the baselines pool by mean and train with their DML loss only, SAGA adds an attention pooler and the
+judge's two signals. What a method needs is its record in `saga.train.methods.METHODS`: the judge is loaded only
+for a method that reads it; the others read just the tower's tensors from its checkpoint.
 """
 
 from __future__ import annotations
@@ -16,41 +17,50 @@ from torch import nn
 from saga.config import TrainConfig
 from saga.data.base import Split
 from saga.errors import ConfigError
+from saga.judge import FrozenJudge
 from saga.losses import ProxyLoss, build_dml_loss
-from saga.models import (ImagePreprocessor, VisionEncoder, build_pooler, enable_activation_checkpointing,
-                         load_processor)
+from saga.models import (ImagePreprocessor, RetrievalModel, VisionEncoder, build_pooler,
+                         enable_activation_checkpointing, load_processor)
+from saga.train.methods import METHODS
 from saga.utils import resolve_dtype
 
 
 def pooler_name(cfg: TrainConfig) -> str:
-    """"auto": attention for SAGA (its weights are what L_KL aligns), mean for the baselines (as in the paper)."""
-    if cfg.model.pooler != "auto":
-        return cfg.model.pooler
-    return "attention" if cfg.method == "saga" else "mean"
+    """"auto": the method's own pooler (SAGA: attention, whose weights L_KL aligns; the baselines: mean)."""
+    return METHODS.get(cfg.method).pooler if cfg.model.pooler == "auto" else cfg.model.pooler
 
 
 def dml_name(cfg: TrainConfig) -> str:
-    """"auto": the baseline's own loss; Proxy Anchor for SAGA (the paper does not say which; ours)."""
-    if cfg.method != "saga":
-        if cfg.dml.loss not in ("auto", cfg.method):
-            raise ConfigError(f"method {cfg.method!r} trains with its own loss; dml.loss={cfg.dml.loss!r} conflicts "
-                              "(leave it 'auto')")
-        return cfg.method
-    return "proxy_anchor" if cfg.dml.loss == "auto" else cfg.dml.loss
+    """"auto": the method's own loss (a baseline's is fixed; SAGA's default is Proxy Anchor, our choice)."""
+    method = METHODS.get(cfg.method)
+    if method.fixed_dml_loss and cfg.dml.loss not in ("auto", method.dml_loss):
+        raise ConfigError(f"method {cfg.method!r} trains with its own loss; dml.loss={cfg.dml.loss!r} conflicts "
+                          "(leave it 'auto')")
+    return method.dml_loss if cfg.dml.loss == "auto" else cfg.dml.loss
 
 
 @dataclass
 class Parts:
     """The models and the optimizer of a run. judge / reference are None when the method does not use them."""
 
-    encoder: VisionEncoder
-    pooler: nn.Module
+    model: RetrievalModel  # encoder + pooler + preprocessing: what is trained and exported
     dml_loss: ProxyLoss
     optimizer: torch.optim.AdamW
-    preprocessor: ImagePreprocessor
-    processor: object
-    judge: object | None = None  # saga.judge.frozen.FrozenJudge
+    processor: object  # the judge's (or the backbone's) processor: tokenizer, chat template, image processor
+    judge: FrozenJudge | None = None
     reference: VisionEncoder | None = None  # frozen copy of the initial encoder, for GRPO's k3 KL (beta > 0)
+
+    @property
+    def encoder(self) -> VisionEncoder:
+        return self.model.encoder
+
+    @property
+    def pooler(self) -> nn.Module:
+        return self.model.pooler
+
+    @property
+    def preprocessor(self) -> ImagePreprocessor:
+        return self.model.preprocessor
 
     def trainable(self) -> dict[str, nn.Module]:
         """The modules a checkpoint saves, by file name."""
@@ -60,7 +70,7 @@ class Parts:
 def param_groups(cfg: TrainConfig, encoder: nn.Module, pooler: nn.Module, dml_loss: ProxyLoss) -> list[dict]:
     """Named AdamW groups: encoder and pooler (each split into decayed matrices and undecayed norms / biases, the
     usual AdamW practice), and the proxies at lr_encoder x lr_proxies_mult without decay (Proxy Anchor trains
-    its proxies 100x faster than the backbone, REFERENCE.md section 4). `base_lr` is what warm-up scales."""
+    its proxies 100x faster than the backbone, docs/method.md). `base_lr` is what warm-up scales."""
     o = cfg.optim
     groups = []
     for name, module, lr in (("encoder", encoder, o.lr_encoder), ("pooler", pooler, o.lr_pooler)):
@@ -83,14 +93,14 @@ def lr_factor(step: int, warmup_steps: int) -> float:
 
 
 def build_parts(cfg: TrainConfig, train_split: Split, device: torch.device) -> Parts:
-    """Load the judge (SAGA) or only the tower (baselines), then build pooler, loss and optimizer on `device`."""
-    if not cfg.model.judge and (cfg.method == "saga" or cfg.model.backbone is None):
+    """Load the judge (a method that reads it) or only the tower, then build pooler, loss and optimizer on
+    `device`."""
+    method = METHODS.get(cfg.method)
+    if not cfg.model.judge and (method.needs_judge or cfg.model.backbone is None):
         raise ConfigError("model.judge is not set: give the judge's hub id or local directory")
     enc_dtype = resolve_dtype(cfg.model.encoder_dtype, device)
     judge = None
-    if cfg.method == "saga":
-        from saga.judge.frozen import FrozenJudge
-
+    if method.needs_judge:
         judge = FrozenJudge.load(cfg.model.judge, device=str(device), dtype=cfg.model.dtype,
                                  attn_implementation=cfg.model.attn_implementation,
                                  gradient_checkpointing=cfg.model.gradient_checkpointing,
@@ -110,7 +120,7 @@ def build_parts(cfg: TrainConfig, train_split: Split, device: torch.device) -> P
         enable_activation_checkpointing(encoder.tower)
 
     name = pooler_name(cfg)
-    if name == "mean" and cfg.method == "saga" and cfg.weights.kl > 0:
+    if name == "mean" and method.needs_judge and cfg.weights.kl > 0:
         raise ConfigError("L_KL aligns the pooler's attention: use model.pooler=attention, or weights.kl=0")
     pooler = build_pooler(name, encoder.out_dim, num_heads=cfg.model.pooler_heads,
                           embed_dim=cfg.model.embed_dim).to(device)
@@ -123,10 +133,10 @@ def build_parts(cfg: TrainConfig, train_split: Split, device: torch.device) -> P
 
     reference = None
     if judge is not None and cfg.grpo.beta > 0:
-        # GRPO's KL anchor is the initial policy (REFERENCE.md section 2); here the policy is the encoder.
+        # GRPO's KL anchor is the initial policy (docs/method.md, L_GRPO); here the policy is the encoder.
         reference = copy.deepcopy(encoder).requires_grad_(False).eval()
-    parts = Parts(encoder, pooler, dml_loss, optimizer, ImagePreprocessor(processor, cfg.data.image_size),
-                  processor, judge, reference)
+    model = RetrievalModel(encoder, pooler, ImagePreprocessor(processor, cfg.data.image_size))
+    parts = Parts(model, dml_loss, optimizer, processor, judge, reference)
     assert_frozen_judge(parts)
     return parts
 

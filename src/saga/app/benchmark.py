@@ -1,0 +1,185 @@
+"""A results table from one YAML file: methods and ablations as rows, each trained and evaluated over seeds.
+
+    saga benchmark --config configs/synth/table.yaml --seeds 0 1 2
+
+The table file names the synthetic world to build (if any), overrides applied to every row, and the rows:
+
+    world: {out: data/synth, classes: 200, images_per_class: 60, size: 128, seed: 0}   # optional
+    overrides: [data.root=data/synth]
+    rows:
+      - {name: pre-trained backbone, config: proxy_anchor.yaml, overrides: [optim.steps=0]}
+      - {name: SAGA, config: saga.yaml}
+      - {name: SAGA w/o L_KL, config: saga.yaml, overrides: [weights.kl=0]}
+
+Row configs are relative to the table file. Each (row, seed) is one `saga train` run in
+``<out>/<row>/seed<S>``; a run whose test_metrics.json exists under the same resolved config is reused, and one
+that was interrupted resumes from its last checkpoint, so an interrupted benchmark continues where it stopped. The
+"pre-trained backbone" row is a run of zero steps: the judge's tower with mean pooling, evaluated by the same code
+as every other row.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from saga.config import TrainConfig, load_config, to_dict
+from saga.errors import ConfigError
+from saga.eval.report import format_markdown_table, format_table
+
+REPORT_KEYS = ("R@1", "R@4", "NMI", "MAP@R")
+
+
+@dataclass
+class Row:
+    name: str
+    config: Path
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Table:
+    rows: list[Row]
+    overrides: list[str] = field(default_factory=list)
+    world: dict | None = None
+    path: Path | None = None
+
+
+def load_table(path: str | Path) -> Table:
+    """Parse a table file; unknown keys are errors naming the file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: table file not found") from None
+    unknown = set(data) - {"world", "overrides", "rows"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}; known: ['overrides', 'rows', 'world']")
+    rows = []
+    for i, r in enumerate(data.get("rows") or []):
+        if not isinstance(r, dict) or set(r) - {"name", "config", "overrides"} or not {"name", "config"} <= set(r):
+            raise ConfigError(f"{path}: row {i + 1} must have 'name', 'config' and optionally 'overrides': {r!r}")
+        rows.append(Row(r["name"], path.parent / r["config"], list(r.get("overrides") or [])))
+    if not rows:
+        raise ConfigError(f"{path}: no rows")
+    return Table(rows, list(data.get("overrides") or []), data.get("world"), path)
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def row_config(table: Table, row: Row, seed: int, out_dir: Path, extra: list[str] = ()) -> TrainConfig:
+    """The resolved config of one (row, seed) run: row file < table overrides < row overrides < extra."""
+    overrides = [*table.overrides, *row.overrides, *extra, f"seed={seed}",
+                 f"out_dir={out_dir / _slug(row.name) / f'seed{seed}'}"]
+    return load_config(row.config, overrides)
+
+
+def _finished(cfg: TrainConfig) -> dict | None:
+    """The test metrics of an earlier run of exactly this config, if it finished (keys added to the config since
+    then count as their defaults)."""
+    run = Path(cfg.out_dir)
+    try:
+        same = to_dict(load_config(run / "config.yaml")) == to_dict(cfg)
+        return json.loads((run / "test_metrics.json").read_text()) if same else None
+    except (OSError, json.JSONDecodeError, ConfigError):
+        return None
+
+
+def ensure_world(table: Table) -> None:
+    """Render the table's synthetic world unless a complete one is already there."""
+    if not table.world:
+        return
+    from saga.synth import load_world
+    from saga.synth.generate import WORLD_FILE, generate_world, world_complete
+
+    w = dict(table.world)
+    out = Path(w.pop("out"))
+    wanted = {"num_classes": w.get("classes", 200), "images_per_class": w.get("images_per_class", 60),
+              "size": w.get("size", 128), "seed": w.get("seed", 0)}
+    if not world_complete(out):  # world.json alone is what an interrupted render leaves
+        print(f"rendering the synthetic world into {out} ...")
+        generate_world(out, **wanted, preview=True)
+        return
+    # A finished world of other parameters would silently give another benchmark: refuse it, delete nothing.
+    world = load_world(out)
+    found = {"num_classes": len(world.classes), "images_per_class": world.images_per_class, "size": world.size,
+             "seed": world.seed}
+    differ = [f"{k} {found[k]} (table: {v})" for k, v in wanted.items() if found[k] != v]
+    if differ:
+        raise ConfigError(f"{out / WORLD_FILE}: this world was rendered with {', '.join(differ)}; remove {out} to "
+                          "re-render it, or point the table's world.out elsewhere")
+
+
+def run_table(table: Table, seeds: list[int], out_dir: str | Path, extra: list[str] = (),
+              on_result: Callable[[dict], None] | None = None) -> dict:
+    """Train and evaluate every row for every seed; returns {row name: {seed: metrics}}. `on_result` gets the
+    results so far after every run (e.g. to write a partial table that survives an interruption)."""
+    from saga.app.run import train
+    from saga.train.checkpoint import latest_checkpoint
+
+    ensure_world(table)
+    out_dir = Path(out_dir)
+    results: dict[str, dict[int, dict]] = {}
+    for row in table.rows:
+        for seed in seeds:
+            cfg = row_config(table, row, seed, out_dir, extra)
+            metrics = _finished(cfg)
+            if metrics is None:
+                # A run cut short (e.g. by a time limit) continues; `train` refuses a checkpoint of another config.
+                resume = latest_checkpoint(Path(cfg.out_dir) / "checkpoints") is not None
+                print(f"== {row.name}, seed {seed}: {cfg.method}, {cfg.optim.steps} steps -> {cfg.out_dir}"
+                      + (" (resuming from its last checkpoint)" if resume else ""))
+                metrics = train(cfg, resume=resume)["test_metrics"]
+            else:
+                print(f"== {row.name}, seed {seed}: reusing {cfg.out_dir}")
+            results.setdefault(row.name, {})[seed] = metrics
+            if on_result is not None:
+                on_result(results)
+    return results
+
+
+def summarise(results: dict) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """Mean and (population) standard deviation over seeds of every metric, per row."""
+    means, stds = {}, {}
+    for name, per_seed in results.items():
+        keys = list(next(iter(per_seed.values())))
+        values = {k: np.array([m[k] for m in per_seed.values()]) for k in keys}
+        means[name] = {k: float(v.mean()) for k, v in values.items()}
+        stds[name] = {k: float(v.std()) for k, v in values.items()}
+    return means, stds
+
+
+def format_results(results: dict, keys=REPORT_KEYS, markdown: bool = False) -> str:
+    """The table of means, with a second of standard deviations when there is more than one seed."""
+    means, stds = summarise(results)
+    fmt = format_markdown_table if markdown else format_table
+    text = fmt(means, keys)
+    if any(len(s) > 1 for s in results.values()):
+        text += f"\n\nstandard deviation over seeds:\n{fmt(stds, keys)}"
+    return text
+
+
+def write_results(results: dict, out_dir: str | Path, command: str, table: Table, runs: int | None = None) -> Path:
+    """results.json (every seed's metrics, means, stds, the command, environment) and results.md. `runs`: how
+    many (row, seed) runs the table has, when `results` may hold fewer (a partial table says so)."""
+    from saga.utils import environment
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    means, stds = summarise(results)
+    done = sum(len(r) for r in results.values())
+    doc = {"command": command, "table": str(table.path), "complete": runs is None or done >= runs,
+           "results": {n: {str(s): m for s, m in r.items()} for n, r in results.items()},
+           "mean": means, "std": stds, "environment": environment()}
+    note = "" if doc["complete"] else f"**Incomplete: {done} of {runs} runs so far.**\n\n"
+    (out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (out / "results.md").write_text(f"`{command}`\n\n{note}{format_results(results, markdown=True)}\n")
+    return out / "results.json"
