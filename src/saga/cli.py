@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -21,7 +22,7 @@ def _write_json(obj: dict | list, path: str | None) -> None:
 def cmd_data_info(args: argparse.Namespace) -> int:
     from saga.data import load_dataset
 
-    ds = load_dataset(args.dataset, args.root, split_file=args.split_file)
+    ds = load_dataset(args.dataset, args.root, split_file=args.split_file, check_counts=args.check_counts)
     info = ds.info()
     if args.json:
         print(json.dumps(info))
@@ -38,7 +39,7 @@ def _split(args: argparse.Namespace):
 
     if bool(args.backbone) == bool(args.model) or not (args.dataset and args.root):
         raise SystemExit(f"saga {args.command}: give --backbone or --model, with --dataset and --root")
-    return getattr(load_dataset(args.dataset, args.root), args.split)
+    return getattr(load_dataset(args.dataset, args.root, check_counts=args.check_counts), args.split)
 
 
 def _model(args: argparse.Namespace):
@@ -168,7 +169,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.config:
         raise SystemExit("saga train: --config is required")
     cfg = load_config(args.config, args.overrides)
-    result = train(cfg, resume=args.resume)
+    if args.resume and args.overwrite:
+        raise SystemExit("saga train: --resume continues a run, --overwrite deletes it: give one")
+    result = train(cfg, resume=args.resume, overwrite=args.overwrite)
     print(json.dumps(result["test_metrics"], indent=2))
     return 0
 
@@ -223,12 +226,19 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--dataset", choices=DATASETS.names())
         q.add_argument("--root", help="dataset root folder")
         q.add_argument("--split", default="test", choices=["train", "test"])
+        count_check(q)
+
+    def count_check(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--no-count-check", dest="check_counts", action="store_false",
+                       help="load a full official set whose image or class counts differ from the published ones "
+                       "(with a warning); e.g. a copy with images held out on purpose")
 
     data = sub.add_parser("data", help="dataset utilities").add_subparsers(dest="data_command", required=True)
     q = data.add_parser("info", help="class and image counts of the zero-shot train/test split")
     q.add_argument("--dataset", required=True, choices=DATASETS.names())
     q.add_argument("--root", required=True)
     q.add_argument("--split-file", help="folder datasets: file listing train classes, one per line")
+    count_check(q)
     q.add_argument("--json", action="store_true", help="print JSON instead of a table")
     q.set_defaults(func=cmd_data_info)
 
@@ -287,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_judge_pretrain)
     q = judge.add_parser("eval", help="verdict accuracy of a judge on pairs of a dataset split")
     q.add_argument("--judge", required=True, help="judge directory or hub id")
-    q.add_argument("--encoder", help="a `saga train` export folder: the judge reads the images through its tower")
+    q.add_argument("--encoder", help="a `saga train` run (or its export/): the judge reads the images through its "
+                   "trained tower")
     q.add_argument("--dataset", default="synth", choices=DATASETS.names())
     q.add_argument("--root", required=True)
     q.add_argument("--split", default="test", choices=["train", "test"])
@@ -301,7 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--config", help="YAML config file")
     q.add_argument("--help-config", action="store_true", help="list every config key with its default and help")
     q.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-5 method=proxy_anchor")
-    q.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+    q.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint")
+    q.add_argument("--overwrite", action="store_true", help="delete the results of an earlier run in out_dir first")
     q.set_defaults(func=cmd_train)
 
     q = sub.add_parser("benchmark", help="train and evaluate every row of a results table over several seeds")
@@ -319,13 +331,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def error_message(e: BaseException) -> str:
+    """What `saga: error:` prints for an expected failure: the message, with the file it concerns."""
+    if isinstance(e, OSError) and not isinstance(e, SagaError):  # a filesystem error: name the file
+        where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+        return f"{where}: {e.strerror or e}" if where else str(e)
+    text = str(e)
+    # A DataLoader worker re-raises the error it caught with the worker's whole traceback as the message: keep the
+    # original message, the text after the last "<ErrorType>: ".
+    if "Original Traceback" in text:
+        text = text.rsplit(f"{type(e).__name__}: ", 1)[-1].strip()
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv
+    logging.basicConfig(format="saga: %(levelname)s: %(message)s", level=logging.WARNING)
     try:
         return args.func(args)
-    except (FileNotFoundError, SagaError) as e:  # bad input: say what and where, no traceback
-        print(f"saga: error: {e}", file=sys.stderr)
+    except (OSError, SagaError) as e:  # bad input, a file or the filesystem: say what and where, no traceback
+        print(f"saga: error: {error_message(e)}", file=sys.stderr)
         return 2
 
 

@@ -24,11 +24,12 @@ import yaml
 from saga.errors import ConfigError
 
 
-def _f(default: Any, help: str, **kw: Any) -> Any:
-    """A dataclass field with a help line (mutable defaults go through default_factory)."""
+def _f(default: Any, help: str, *, ge: float | None = None, gt: float | None = None, le: float | None = None) -> Any:
+    """A dataclass field with a help line and its allowed range (ge: >=, gt: >, le: <=; checked at load time)."""
+    metadata = {"help": help, "ge": ge, "gt": gt, "le": le}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
-    return field(default=default, metadata={"help": help}, **kw)
+        return field(default_factory=lambda d=default: type(d)(d), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -36,9 +37,11 @@ class DataConfig:
     dataset: str = _f("synth", "dataset name, one of saga.data.DATASETS (cub, cars, aircraft, inat_aves, ...)")
     root: str = _f("data/synth", "dataset root folder")
     split_file: str | None = _f(None, "folder datasets: file listing the train classes")
-    image_size: int = _f(64, "images are resized to this many pixels a side before the processor")
-    num_workers: int = _f(0, "DataLoader worker processes")
-    eval_batch_size: int = _f(64, "images per batch when embedding the test split")
+    image_size: int = _f(64, "images are resized to this many pixels a side before the processor", ge=1)
+    num_workers: int = _f(0, "DataLoader worker processes", ge=0)
+    eval_batch_size: int = _f(64, "images per batch when embedding the test split", ge=1)
+    check_counts: bool = _f(True, "refuse a full official set whose image or class counts differ from the published "
+                                  "ones (false: load it with a warning, e.g. with images held out on purpose)")
 
 
 @dataclass
@@ -46,8 +49,8 @@ class ModelConfig:
     judge: str = _f("", "frozen MLLM judge: hub id (e.g. Qwen/Qwen3-VL-8B-Instruct) or local directory")
     backbone: str | None = _f(None, "encoder initialisation; None = the judge's own vision tower (paper setting)")
     pooler: str = _f("auto", "a pooler of saga.models.POOLERS (mean, attention), or auto: the method's own")
-    pooler_heads: int = _f(1, "attention pooler heads (their weights are averaged into one distribution)")
-    embed_dim: int | None = _f(None, "output projection of the pooler; None = keep the LLM width")
+    pooler_heads: int = _f(1, "attention pooler heads (their weights are averaged into one distribution)", ge=1)
+    embed_dim: int | None = _f(None, "output projection of the pooler; None = keep the LLM width", ge=1)
     dtype: str = _f("auto", "judge dtype: float32, bfloat16 or auto (bf16 on GPU, fp32 on CPU)")
     encoder_dtype: str = _f("float32", "trainable encoder dtype (fp32 master weights beside a bf16 judge)")
     attn_implementation: str = _f("sdpa", "judge attention kernel; attention targets come from hooks, not eager")
@@ -58,21 +61,22 @@ class ModelConfig:
 
 @dataclass
 class GRPOConfig:
-    num_generations: int = _f(8, "G: completions sampled per image pair")
-    pairs_per_step: int = _f(4, "image pairs judged per optimiser step")
-    max_completion_length: int = _f(64, "completion tokens sampled at most")
-    temperature: float = _f(1.0, "sampling temperature of the rollouts; L_GRPO scores them at it too (TRL)")
-    top_p: float = _f(1.0, "nucleus sampling threshold of the rollouts")
+    num_generations: int = _f(8, "G: completions sampled per image pair", ge=1)
+    pairs_per_step: int = _f(4, "image pairs judged per optimiser step", ge=1)
+    max_completion_length: int = _f(64, "completion tokens sampled at most", ge=1)
+    temperature: float = _f(1.0, "sampling temperature of the rollouts; L_GRPO scores them at it too (TRL)", gt=0)
+    top_p: float = _f(1.0, "nucleus sampling threshold of the rollouts", gt=0, le=1)
     scale_rewards: str = _f("group", "advantage scaling: group, batch or none (Dr. GRPO)")
     loss_type: str = _f("grpo", "token aggregation: grpo, bnpo, dr_grpo or dapo")
-    beta: float = _f(0.0, "weight of the k3 KL to the initial encoder (0: no reference pass)")
-    epsilon_low: float = _f(0.2, "lower PPO clip range")
-    epsilon_high: float = _f(0.2, "upper PPO clip range")
-    same_fraction: float = _f(0.5, "share of same-class pairs")
-    hard_negative_fraction: float = _f(0.5, "share of different-class pairs that are in-batch hardest negatives")
+    beta: float = _f(0.0, "weight of the k3 KL to the initial encoder (0: no reference pass)", ge=0)
+    epsilon_low: float = _f(0.2, "lower PPO clip range", ge=0, le=1)
+    epsilon_high: float = _f(0.2, "upper PPO clip range", ge=0)
+    same_fraction: float = _f(0.5, "share of same-class pairs", ge=0, le=1)
+    hard_negative_fraction: float = _f(0.5, "share of different-class pairs that are in-batch hardest negatives",
+                                       ge=0, le=1)
     attribute_reward: float = _f(0.0, "weight of an added reward: the share of attribute values the judge states "
-                                      "correctly (datasets with class attributes; an extension, not the paper's)")
-    log_completions_every: int = _f(50, "steps between sample-completion tables in the log (0: never)")
+                                      "correctly (datasets with class attributes; an extension, not the paper's)", ge=0)
+    log_completions_every: int = _f(50, "steps between sample-completion tables in the log (0: never)", ge=0)
 
 
 @dataclass
@@ -84,46 +88,50 @@ class AttentionConfig:
 @dataclass
 class DMLConfig:
     loss: str = _f("auto", "a loss of saga.losses.DML_LOSSES (proxy_anchor, potential_field), or auto: the method's")
-    batch_size: int = _f(32, "images per step (m-per-class batch); the SAGA pairs are drawn from it")
-    m_per_class: int = _f(4, "images per class in a batch")
+    batch_size: int = _f(32, "images per step (m-per-class batch); the SAGA pairs are drawn from it", ge=1)
+    m_per_class: int = _f(4, "images per class in a batch", ge=1)
     neighbour_classes: int = _f(0, "pair each batch class with one of its k nearest classes under the initial "
-                                   "encoder, so in-batch negatives are near misses; 0 = random classes")
-    margin: float | None = _f(None, "Proxy Anchor delta; None = its default 0.1")
-    alpha: float | None = _f(None, "Proxy Anchor alpha (default 32) / Potential Field exponent (default 1)")
-    proxies_per_class: int | None = _f(None, "Potential Field proxies per class; None = its default 15")
-    radius: float | None = _f(None, "Potential Field repulsion radius; None = its default 1.0")
+                                   "encoder, so in-batch negatives are near misses; 0 = random classes", ge=0)
+    margin: float | None = _f(None, "Proxy Anchor delta; None = its default 0.1", ge=0)
+    alpha: float | None = _f(None, "Proxy Anchor alpha (default 32) / Potential Field exponent (default 1)", gt=0)
+    proxies_per_class: int | None = _f(None, "Potential Field proxies per class; None = its default 15", ge=1)
+    radius: float | None = _f(None, "Potential Field repulsion radius; None = its default 1.0", gt=0)
 
 
 @dataclass
 class LossWeights:
-    grpo: float = _f(1.0, "weight of L_GRPO")
-    kl: float = _f(1.0, "weight of L_KL (attention alignment)")
-    dml: float = _f(1.0, "weight of L_DML")
+    grpo: float = _f(1.0, "weight of L_GRPO", ge=0)
+    kl: float = _f(1.0, "weight of L_KL (attention alignment)", ge=0)
+    dml: float = _f(1.0, "weight of L_DML", ge=0)
     attribute_nll: float = _f(0.0, "weight of L_ATTR, the NLL of each pair's true comparison through the judge "
-                                   "(an oracle diagnostic that needs class attributes; not the paper's)")
+                                   "(an oracle diagnostic that needs class attributes; not the paper's)", ge=0)
 
 
 @dataclass
 class OptimConfig:
-    steps: int = _f(200, "optimiser steps")
-    lr_encoder: float = _f(1e-5, "learning rate of the vision encoder")
-    lr_pooler: float = _f(1e-4, "learning rate of the pooler")
-    lr_proxies_mult: float = _f(100.0, "proxy learning rate = lr_encoder x this (Proxy Anchor practice)")
-    weight_decay: float = _f(1e-4, "AdamW weight decay (not on proxies, norms, biases)")
-    warmup_steps: int = _f(0, "linear warm-up steps (then constant learning rates)")
-    grad_clip: float = _f(1.0, "max gradient norm; 0 disables clipping")
+    steps: int = _f(200, "optimiser steps (eval_only: true trains none)", ge=1)
+    lr_encoder: float = _f(1e-5, "learning rate of the vision encoder", ge=0)
+    lr_pooler: float = _f(1e-4, "learning rate of the pooler", ge=0)
+    lr_proxies_mult: float = _f(100.0, "proxy learning rate = lr_encoder x this (Proxy Anchor practice)", ge=0)
+    weight_decay: float = _f(1e-4, "AdamW weight decay (not on proxies, norms, biases)", ge=0)
+    warmup_steps: int = _f(0, "linear warm-up steps (then constant learning rates)", ge=0)
+    grad_clip: float = _f(1.0, "max gradient norm; 0 disables clipping", ge=0)
+    max_skipped_steps: int = _f(10, "a step whose loss or gradient is not finite is skipped (no update); the run "
+                                    "stops after this many in a row", ge=1)
 
 
 @dataclass
 class TrainConfig:
     method: str = _f("saga", "a method of saga.train.METHODS: saga, proxy_anchor, potential_field")
-    seed: int = _f(0, "seed of every random number generator")
+    seed: int = _f(0, "seed of every random number generator", ge=0)
     out_dir: str = _f("runs/default", "run directory: config, metrics.jsonl, TensorBoard events, checkpoints")
     device: str = _f("auto", "cpu, cuda or auto")
-    log_every: int = _f(10, "steps between metric log lines (0: only the last step)")
-    eval_every: int = _f(0, "steps between test-split evaluations (0: only at the end)")
-    checkpoint_every: int = _f(50, "steps between checkpoints (0: only at the end)")
-    keep_checkpoints: int = _f(3, "complete checkpoints kept (older ones are deleted)")
+    eval_only: bool = _f(False, "train no step: evaluate and export the initial model (the 'pre-trained backbone' "
+                                "row of a results table)")
+    log_every: int = _f(10, "steps between metric log lines (0: only the last step)", ge=0)
+    eval_every: int = _f(0, "steps between test-split evaluations (0: only at the end)", ge=0)
+    checkpoint_every: int = _f(50, "steps between checkpoints (0: only at the end)", ge=0)
+    keep_checkpoints: int = _f(3, "complete checkpoints kept, older ones deleted (0: keep all)", ge=0)
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "dataset"})
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "judge, encoder and pooler"})
     grpo: GRPOConfig = field(default_factory=GRPOConfig, metadata={"help": "L_GRPO rollouts and aggregation"})
@@ -180,12 +188,28 @@ def _from_dict(cls: type, data: dict, where: str) -> Any:
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for name, value in data.items():
         tp = hints[name]
         key = f"{where}.{name}" if where else name
-        kwargs[name] = _from_dict(tp, value, key) if dataclasses.is_dataclass(tp) else _coerce(value, tp, key)
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _from_dict(tp, value, key)
+        else:
+            kwargs[name] = _coerce(value, tp, key)
+            _check_range(kwargs[name], fields[name].metadata, key)
     return cls(**kwargs)
+
+
+def _check_range(value: Any, metadata: Any, key: str) -> None:
+    """A number against the field's ge / gt / le bounds (None is always allowed where the type admits it)."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    ge, gt, le = metadata.get("ge"), metadata.get("gt"), metadata.get("le")
+    if (ge is not None and value < ge) or (gt is not None and value <= gt) or (le is not None and value > le):
+        bounds = [f">= {ge}" if ge is not None else "", f"> {gt}" if gt is not None else "",
+                  f"<= {le}" if le is not None else ""]
+        raise ConfigError(f"{key}: {value!r} is out of range (must be {' and '.join(b for b in bounds if b)})")
 
 
 def _set_dotted(data: dict, dotted: str, value: Any) -> None:
@@ -211,11 +235,15 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     path = path.resolve()
     if path in chain:
         raise ConfigError(f"{chain[-1]}: base {path} forms a cycle")
+    where = f"{chain[-1]}: base " if chain else ""
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
-        where = f"{chain[-1]}: base " if chain else ""
         raise ConfigError(f"{where}{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{where}{path}: is a directory, not a config file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{where}{path}: cannot read the config file ({e})") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
@@ -230,18 +258,23 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
     """Read a YAML file (and its `base:` chain), apply ``key.sub=value`` overrides (values parsed as YAML),
-    validate every key and type."""
+    validate every key, type and range. An error names the file, or the override that caused it."""
     data: dict = {}
     src = "defaults"
     if path is not None:
         src = str(path)
         data = _read_yaml(Path(path))
-    for ov in overrides:
+    cfg = config_from_dict(data, src)
+    for ov in overrides:  # validated one by one, so that an error blames its override, not the file
         if "=" not in ov:
             raise ConfigError(f"override {ov!r}: expected key.sub=value")
         key, raw = ov.split("=", 1)
-        _set_dotted(data, key.strip(), yaml.safe_load(raw))
-    return config_from_dict(data, src)
+        try:
+            _set_dotted(data, key.strip(), yaml.safe_load(raw))
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {ov!r}: not a YAML value ({e})") from None
+        cfg = config_from_dict(data, f"override {ov!r}")
+    return cfg
 
 
 def config_from_dict(data: dict, src: str) -> TrainConfig:

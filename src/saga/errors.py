@@ -16,3 +16,7 @@ class ConfigError(SagaError, ValueError):
 
 class CheckpointError(SagaError, ValueError):
     """A checkpoint or model directory is missing or incomplete."""
+
+
+class TrainingError(SagaError, RuntimeError):
+    """A training run cannot go on (e.g. its loss is not finite step after step)."""

@@ -126,7 +126,7 @@ def test_baseline_train_command(tiny_overrides, tmp_path):
     assert lines[0]["step"] == 0 and set(lines[0]) == {"step"} | {f"test/{k}" for k in METRIC_KEYS}
     assert set(lines[1]) == {"step", "loss", "dml/loss", "dml/pos_sim", "dml/neg_sim",
                                                      "grad_norm", "step_seconds", "lr/encoder",
-                                                     "lr/encoder_no_decay", "lr/proxies"}
+                                                     "lr/encoder_no_decay", "lr/proxies", "skipped_steps"}
     assert json.loads((out / "export" / "saga_model.json").read_text())["pooler"]["name"] == "mean"
 
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from saga.data import DATASETS, ImageDataset, Split, load_dataset, load_image
-from saga.data.base import (DatasetSplits, OfficialCounts, check_counts, find_dataset_dir, first_half, read_fields,
+from saga.data.base import (DatasetSplits, OfficialCounts, compare_counts, find_dataset_dir, first_half, read_fields,
                             require_files, split_by_class)
 from saga.errors import ConfigError, DataError
 
@@ -52,13 +52,13 @@ def test_first_half_is_in_sorted_order_and_gives_train_the_odd_class():
 
 def test_check_counts_full_set_subset_and_mismatch(tmp_path, caplog):
     ds = _splits(tmp_path)  # train 2 classes / 3 images, test 2 / 3
-    check_counts(ds, OfficialCounts(4, 2, 3, 2, 3), listed_classes=4, source=tmp_path / "classes.txt")
-    check_counts(ds, OfficialCounts(4, 2, None, 2, None), listed_classes=4, source=tmp_path / "classes.txt")
+    compare_counts(ds, OfficialCounts(4, 2, 3, 2, 3), listed_classes=4, source=tmp_path / "classes.txt")
+    compare_counts(ds, OfficialCounts(4, 2, None, 2, None), listed_classes=4, source=tmp_path / "classes.txt")
     with caplog.at_level(logging.WARNING):
-        check_counts(ds, OfficialCounts(10, 5, 50, 5, 50), listed_classes=4, source=tmp_path / "classes.txt")
+        compare_counts(ds, OfficialCounts(10, 5, 50, 5, 50), listed_classes=4, source=tmp_path / "classes.txt")
     assert "lists 4 classes, not the official 10" in caplog.text
     with pytest.raises(DataError) as e:
-        check_counts(ds, OfficialCounts(4, 2, 3, 2, 1_234), listed_classes=4, source=tmp_path / "classes.txt")
+        compare_counts(ds, OfficialCounts(4, 2, 3, 2, 1_234), listed_classes=4, source=tmp_path / "classes.txt")
     assert str(tmp_path / "classes.txt") in str(e.value)
     assert "test images: expected 1,234, found 3" in str(e.value) and "train" not in str(e.value).split("(")[1]
 

@@ -141,3 +141,17 @@ def test_cli_data_info_json(tmp_path, fakes, capsys):
                                                    "test": {"classes": 2, "images": 6}}
     assert main(["data", "info", "--dataset", "cub", "--root", str(tmp_path / "none")]) == 2
     assert "saga: error: " in capsys.readouterr().err
+
+
+def test_a_full_set_with_other_counts_loads_on_purpose_with_a_warning(tmp_path, fakes, caplog, capsys):
+    """A full CUB copy with images held out on purpose: refused by default, loaded with --no-count-check
+    (data.check_counts: false) with a warning giving expected vs found."""
+    root = fakes.make_cub(tmp_path, num_classes=200, per_class=1)
+    assert main(["data", "info", "--dataset", "cub", "--root", str(root)]) == 2
+    assert "--no-count-check" in capsys.readouterr().err
+    with caplog.at_level(logging.WARNING):
+        ds = load_dataset("cub", root, check_counts=False)
+        assert main(["data", "info", "--dataset", "cub", "--root", str(root), "--no-count-check", "--json"]) == 0
+    assert ds.info() == {"train": {"classes": 100, "images": 100}, "test": {"classes": 100, "images": 100}}
+    assert "train images: expected 5,864, found 100" in caplog.text and "count check off" in caplog.text
+    assert json.loads(capsys.readouterr().out)["train"]["images"] == 100

@@ -132,3 +132,18 @@ def test_padding_values_cannot_poison_loss_or_gradient():
     out["loss"].backward()
     assert out["loss"].item() == pytest.approx(-1.5 / 3)
     assert torch.isfinite(logps.grad).all() and torch.equal(logps.grad[~MASK.bool()], torch.zeros(3))
+
+
+def test_a_nan_reward_is_left_out_of_its_group_and_gets_advantage_zero():
+    # Group 1: rewards 1, 0, NaN -> mean 0.5 and std sqrt(0.5) over the two valid ones; group 2 is untouched.
+    rewards = torch.tensor([1.0, 0.0, float("nan"), 1.0, 0.0, 0.0])
+    adv, stats = group_advantages(rewards, 3)
+    std1 = math.sqrt(0.5)
+    assert torch.allclose(adv[:3], torch.tensor([0.5 / (std1 + 1e-4), -0.5 / (std1 + 1e-4), 0.0]))
+    expected2, _ = group_advantages(torch.tensor([1.0, 0.0, 0.0]), 3)
+    assert torch.allclose(adv[3:], expected2)
+    assert stats["reward_mean"].item() == pytest.approx(2 / 5)
+    assert torch.isfinite(adv).all()
+    # a group whose only valid reward is one: std 0, advantage 0 everywhere, counted as all equal
+    adv, stats = group_advantages(torch.tensor([float("nan"), 1.0, float("nan")]), 3)
+    assert adv.tolist() == [0.0, 0.0, 0.0] and stats["frac_reward_zero_std"].item() == 1.0

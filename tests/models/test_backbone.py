@@ -131,7 +131,7 @@ def test_tower_from_original_qwen_key_layout(tiny_vlm_dir, tmp_path):
 
 def test_checkpoint_without_weights(tiny_vlm_dir, tmp_path):
     shutil.copy(tiny_vlm_dir / "config.json", tmp_path / "config.json")
-    with pytest.raises(CheckpointError, match="no model.safetensors"):
+    with pytest.raises(CheckpointError, match="no model weights"):
         load_vision_tower(tmp_path, device="cpu")
 
 

@@ -7,15 +7,15 @@ The table file names the synthetic world to build (if any), overrides applied to
     world: {out: data/synth, classes: 200, images_per_class: 60, size: 128, seed: 0}   # optional
     overrides: [data.root=data/synth]
     rows:
-      - {name: pre-trained backbone, config: proxy_anchor.yaml, overrides: [optim.steps=0]}
+      - {name: pre-trained backbone, config: proxy_anchor.yaml, overrides: [eval_only=true]}
       - {name: SAGA, config: saga.yaml}
       - {name: SAGA w/o L_KL, config: saga.yaml, overrides: [weights.kl=0]}
 
 Row configs are relative to the table file. Each (row, seed) is one `saga train` run in
 ``<out>/<row>/seed<S>``; a run whose test_metrics.json exists under the same resolved config is reused, and one
 that was interrupted resumes from its last checkpoint, so an interrupted benchmark continues where it stopped. The
-"pre-trained backbone" row is a run of zero steps: the judge's tower with mean pooling, evaluated by the same code
-as every other row.
+"pre-trained backbone" row is a run with `eval_only=true`: the judge's tower with mean pooling, evaluated by the
+same code as every other row.
 """
 
 from __future__ import annotations
@@ -82,40 +82,31 @@ def row_config(table: Table, row: Row, seed: int, out_dir: Path, extra: list[str
     return load_config(row.config, overrides)
 
 
-def _finished(cfg: TrainConfig) -> dict | None:
-    """The test metrics of an earlier run of exactly this config, if it finished (keys added to the config since
-    then count as their defaults)."""
-    run = Path(cfg.out_dir)
+def _same_config(cfg: TrainConfig) -> bool:
+    """Whether cfg.out_dir holds a run of exactly this config (keys added to the config since then count as their
+    defaults)."""
     try:
-        same = to_dict(load_config(run / "config.yaml")) == to_dict(cfg)
-        return json.loads((run / "test_metrics.json").read_text()) if same else None
-    except (OSError, json.JSONDecodeError, ConfigError):
+        return to_dict(load_config(Path(cfg.out_dir) / "config.yaml")) == to_dict(cfg)
+    except ConfigError:
+        return False
+
+
+def _finished(cfg: TrainConfig) -> dict | None:
+    """The test metrics of an earlier run of exactly this config, if it finished."""
+    try:
+        return json.loads((Path(cfg.out_dir) / "test_metrics.json").read_text()) if _same_config(cfg) else None
+    except (OSError, ValueError):
         return None
 
 
 def ensure_world(table: Table) -> None:
-    """Render the table's synthetic world unless a complete one is already there."""
-    if not table.world:
-        return
-    from saga.synth import load_world
-    from saga.synth.generate import WORLD_FILE, generate_world, world_complete
+    """Render the table's synthetic world unless a complete one of the same parameters is already there."""
+    if table.world:
+        from saga.synth.generate import ensure_world as ensure
 
-    w = dict(table.world)
-    out = Path(w.pop("out"))
-    wanted = {"num_classes": w.get("classes", 200), "images_per_class": w.get("images_per_class", 60),
-              "size": w.get("size", 128), "seed": w.get("seed", 0)}
-    if not world_complete(out):  # world.json alone is what an interrupted render leaves
-        print(f"rendering the synthetic world into {out} ...")
-        generate_world(out, **wanted, preview=True)
-        return
-    # A finished world of other parameters would silently give another benchmark: refuse it, delete nothing.
-    world = load_world(out)
-    found = {"num_classes": len(world.classes), "images_per_class": world.images_per_class, "size": world.size,
-             "seed": world.seed}
-    differ = [f"{k} {found[k]} (table: {v})" for k, v in wanted.items() if found[k] != v]
-    if differ:
-        raise ConfigError(f"{out / WORLD_FILE}: this world was rendered with {', '.join(differ)}; remove {out} to "
-                          "re-render it, or point the table's world.out elsewhere")
+        w = dict(table.world)
+        ensure(w.pop("out"), num_classes=w.get("classes", 200), images_per_class=w.get("images_per_class", 60),
+               size=w.get("size", 128), seed=w.get("seed", 0), asked_by="table")
 
 
 def run_table(table: Table, seeds: list[int], out_dir: str | Path, extra: list[str] = (),
@@ -134,10 +125,13 @@ def run_table(table: Table, seeds: list[int], out_dir: str | Path, extra: list[s
             metrics = _finished(cfg)
             if metrics is None:
                 # A run cut short (e.g. by a time limit) continues; `train` refuses a checkpoint of another config.
+                # One of this config cut before its first checkpoint starts again; another config's results stay
+                # (train refuses to delete them).
                 resume = latest_checkpoint(Path(cfg.out_dir) / "checkpoints") is not None
-                print(f"== {row.name}, seed {seed}: {cfg.method}, {cfg.optim.steps} steps -> {cfg.out_dir}"
+                steps = "evaluation only" if cfg.eval_only else f"{cfg.optim.steps} steps"
+                print(f"== {row.name}, seed {seed}: {cfg.method}, {steps} -> {cfg.out_dir}"
                       + (" (resuming from its last checkpoint)" if resume else ""))
-                metrics = train(cfg, resume=resume)["test_metrics"]
+                metrics = train(cfg, resume=resume, overwrite=not resume and _same_config(cfg))["test_metrics"]
             else:
                 print(f"== {row.name}, seed {seed}: reusing {cfg.out_dir}")
             results.setdefault(row.name, {})[seed] = metrics

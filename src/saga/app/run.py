@@ -9,59 +9,99 @@ The run directory (cfg.out_dir) ends up holding:
     checkpoints/         ckpt-XXXXXX/ folders and the `latest` pointer (saga.train.checkpoint)
     test_metrics.json    the final zero-shot test metrics, keys as `saga eval --json`
     export/              the deployable encoder + pooler (saga.models.retrieval; `saga.load_model(<run>)`)
-    test_embeddings.npz  the final test embeddings, as `saga embed --model <run>/export` writes them (a gallery
-                         for `saga search`)
+    test_embeddings.npz  the final test embeddings, as `saga embed --model <run>` writes them (a gallery for
+                         `saga search`)
     class_neighbours.json  each train class's nearest classes (with dml.neighbour_classes)
+    .saga.lock           held while a run writes here (saga.app.rundir)
+
+Nothing in the folder is touched before the inputs (dataset, judge, backbone) are checked; a folder with an
+earlier run's results is refused unless --resume or --overwrite.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from saga.app.rundir import RunLock, clear_for_new_run
 from saga.config import TrainConfig, config_from_dict, dump_config, to_dict
-from saga.data import load_dataset
+from saga.data import DatasetSplits, load_dataset
 from saga.data.base import Split
 from saga.errors import CheckpointError, ConfigError
 from saga.eval import evaluate
-from saga.models import EmbedResult, embed_split, save_embeddings
+from saga.models import EmbedResult, check_checkpoint, embed_split, save_embeddings
 from saga.train.batches import class_neighbours
-from saga.train.checkpoint import (complete_checkpoints, config_differences, latest_checkpoint, load_checkpoint,
-                                   read_state)
-from saga.train.logger import COMPLETIONS, METRICS, RunLogger
+from saga.train.checkpoint import complete_checkpoints, config_differences, load_checkpoint, read_state
+from saga.train.logger import RunLogger
 from saga.train.loop import run_loop
+from saga.train.methods import METHODS
 from saga.train.setup import Parts, build_parts
 from saga.utils import environment, resolve_device, seed_everything
 
-# Outputs of an earlier attempt that never reached a checkpoint: a fresh run replaces them.
+log = logging.getLogger(__name__)
+
 NEIGHBOURS = "class_neighbours.json"
 TEST_EMBEDDINGS = "test_embeddings.npz"
-_RUN_OUTPUTS = (METRICS, COMPLETIONS, "tensorboard", "test_metrics.json", "export", NEIGHBOURS, TEST_EMBEDDINGS)
 
 
-def _checkpoint_to_resume(cfg: TrainConfig, run_dir: Path, resume: bool) -> Path | None:
-    """The checkpoint --resume continues from (None for a fresh run), after checking the config matches."""
+def check_inputs(cfg: TrainConfig) -> DatasetSplits:
+    """Everything a run reads, checked before its folder is touched: the dataset (a missing synthetic world is
+    rendered, as `saga benchmark` does), the class attributes some options need, the judge and backbone
+    checkpoints. Returns the dataset."""
+    if cfg.data.dataset == "synth":
+        from saga.synth.generate import ensure_world, world_complete
+
+        if not world_complete(cfg.data.root):
+            ensure_world(cfg.data.root)  # `saga synth --out ROOT`, the defaults the synthetic presets name
+    data = load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.split_file, check_counts=cfg.data.check_counts)
+    if cfg.needs_class_attributes and not data.class_attributes:
+        raise ConfigError(f"grpo.attribute_reward and weights.attribute_nll need per-class attributes, which dataset "
+                          f"{cfg.data.dataset!r} does not give (the synthetic world does)")
+    if not cfg.model.judge and (METHODS.get(cfg.method).needs_judge or cfg.model.backbone is None):
+        raise ConfigError("model.judge is not set: give the judge's hub id or local directory")
+    for checkpoint in {cfg.model.judge, cfg.model.backbone} - {None, ""}:
+        check_checkpoint(checkpoint)
+    return data
+
+
+def _resume_candidates(cfg: TrainConfig, run_dir: Path) -> list[Path]:
+    """The complete checkpoints --resume may continue from, newest first, after checking that the run's config
+    matches (read from the newest checkpoint whose state is readable)."""
     ckpt_dir = run_dir / "checkpoints"
-    if not resume:
-        if complete_checkpoints(ckpt_dir):
-            raise ConfigError(f"{run_dir}: holds checkpoints of an earlier run; pass --resume to continue it, or "
-                              "choose another out_dir")
-        return None
-    ckpt = latest_checkpoint(ckpt_dir)
-    if ckpt is None:
+    candidates = complete_checkpoints(ckpt_dir)[::-1]
+    if not candidates:
         raise CheckpointError(f"{ckpt_dir}: no complete checkpoint to resume from")
-    state = read_state(ckpt)
-    differences = config_differences(to_dict(config_from_dict(state["config"], str(ckpt))), to_dict(cfg))
-    if differences:
-        raise ConfigError(f"{ckpt}: --resume with a config that differs from the run's (only optim.steps may "
-                          "change): " + "; ".join(differences))
-    if state["step"] > cfg.optim.steps:
-        raise ConfigError(f"{ckpt}: the run is at step {state['step']}, past optim.steps={cfg.optim.steps}")
-    return ckpt
+    for ckpt in candidates:
+        try:
+            state = read_state(ckpt)
+        except CheckpointError as e:
+            log.warning("%s", e)
+            continue
+        differences = config_differences(to_dict(config_from_dict(state["config"], str(ckpt))), to_dict(cfg))
+        if differences:
+            raise ConfigError(f"{ckpt}: --resume with a config that differs from the run's (only optim.steps may "
+                              "change): " + "; ".join(differences))
+        if state["step"] > cfg.optim.steps:
+            raise ConfigError(f"{ckpt}: the run is at step {state['step']}, past optim.steps={cfg.optim.steps}")
+        break
+    return candidates
+
+
+def _restore(candidates: list[Path], parts: Parts) -> dict:
+    """Load the newest intact checkpoint of `candidates` into `parts` (weights, optimizer, RNG states) and return
+    its state; a broken one (truncated file, unreadable state) is named in a warning and the previous one tried."""
+    for i, ckpt in enumerate(candidates):
+        try:
+            return load_checkpoint(ckpt, parts.trainable(), parts.optimizer)
+        except CheckpointError as e:
+            fallback = f"; resuming from {candidates[i + 1].name} instead" if i + 1 < len(candidates) else ""
+            log.warning("%s%s", e, fallback)
+    raise CheckpointError(f"{candidates[0].parent}: no intact checkpoint to resume from "
+                          f"({', '.join(c.name for c in candidates)} are all broken)")
 
 
 def _class_names(split: Split) -> list[str]:
@@ -102,59 +142,55 @@ def evaluate_test_split(parts: Parts, test: Split, cfg: TrainConfig) -> dict[str
     return evaluate(res.embeddings, res.labels, seed=cfg.seed)
 
 
-def train(cfg: TrainConfig, resume: bool = False, *, on_step: Callable[[int], None] | None = None) -> dict:
+def train(cfg: TrainConfig, resume: bool = False, *, overwrite: bool = False,
+          on_step: Callable[[int], None] | None = None) -> dict:
     """Train `cfg.method` and return {"test_metrics": {...}, "run_dir": ..., "steps": ...}.
 
-    resume: continue from the last complete checkpoint of cfg.out_dir; the result is the same as that of an
-    uninterrupted run (bit-identical on CPU). on_step(step) is called after every completed step (after its
-    checkpoint, if any); an exception raised there stops the run as a crash would (used by the tests).
+    resume: continue from the newest intact checkpoint of cfg.out_dir; the result is the same as that of an
+    uninterrupted run (bit-identical on CPU). overwrite: delete an earlier run's results in cfg.out_dir (refused
+    otherwise). on_step(step) is called after every completed step (after its checkpoint, if any); an exception
+    raised there stops the run as a crash would (used by the tests).
     """
     run_dir = Path(cfg.out_dir)
-    ckpt = _checkpoint_to_resume(cfg, run_dir, resume)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if ckpt is None:
-        for name in _RUN_OUTPUTS:
-            target = run_dir / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            else:
-                target.unlink(missing_ok=True)
-    dump_config(cfg, run_dir / "config.yaml")
-    (run_dir / "environment.json").write_text(json.dumps(environment(), indent=2) + "\n")
-
+    data = check_inputs(cfg)
+    candidates = _resume_candidates(cfg, run_dir) if resume else []
     seed_everything(cfg.seed)  # pooler initialisation draws from torch's global generator
-    device = resolve_device(cfg.device)
-    data = load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.split_file)
-    if cfg.needs_class_attributes and not data.class_attributes:
-        raise ConfigError(f"grpo.attribute_reward and weights.attribute_nll need per-class attributes, which dataset "
-                          f"{cfg.data.dataset!r} does not give (the synthetic world does)")
-    parts = build_parts(cfg, data.train, device)
-    neighbours = None
-    if cfg.dml.neighbour_classes:
-        table = run_dir / NEIGHBOURS
-        if ckpt and table.exists():  # read back: the very same batches as before the interruption
-            neighbours = _read_neighbours(table, data.train, cfg.dml.neighbour_classes)
-        else:  # from the initial encoder: before a checkpoint's weights are loaded
-            neighbours = class_neighbours(parts.encoder, parts.preprocessor, data.train, k=cfg.dml.neighbour_classes,
-                                          batch_size=cfg.data.eval_batch_size)
-            _write_neighbours(table, data.train, neighbours)
-    start = load_checkpoint(ckpt, parts.trainable(), parts.optimizer)["step"] if ckpt else 0
+    parts = build_parts(cfg, data.train, resolve_device(cfg.device))  # loading checks the weights too
+    with RunLock(run_dir):  # only now is the run folder written to
+        if not resume:
+            clear_for_new_run(run_dir, overwrite)
+        dump_config(cfg, run_dir / "config.yaml")
+        (run_dir / "environment.json").write_text(json.dumps(environment(), indent=2) + "\n")
+        neighbours = None
+        if cfg.dml.neighbour_classes:
+            table = run_dir / NEIGHBOURS
+            if candidates and table.exists():  # read back: the very same batches as before the interruption
+                neighbours = _read_neighbours(table, data.train, cfg.dml.neighbour_classes)
+            else:  # from the initial encoder: before a checkpoint's weights are loaded
+                neighbours = class_neighbours(parts.encoder, parts.preprocessor, data.train,
+                                              k=cfg.dml.neighbour_classes, batch_size=cfg.data.eval_batch_size)
+                _write_neighbours(table, data.train, neighbours)
+        state = _restore(candidates, parts) if candidates else {"step": 0}
+        start, steps = state["step"], 0 if cfg.eval_only else cfg.optim.steps
 
-    logger = RunLogger(run_dir, resume_step=start if ckpt else None)
-    try:
-        if cfg.eval_every and start == 0:  # the starting point, for the curves
-            logger.log(0, {f"test/{k}": v for k, v in evaluate_test_split(parts, data.test, cfg).items()})
-        run_loop(cfg, parts, data.train, logger, start=start, on_step=on_step, neighbours=neighbours,
-                 class_attributes=data.class_attributes if cfg.needs_class_attributes else None,
-                 evaluate=lambda: evaluate_test_split(parts, data.test, cfg))
-        final = embed_test_split(parts, data.test, cfg)
-        metrics = evaluate(final.embeddings, final.labels, seed=cfg.seed)
-        logger.log(cfg.optim.steps, {f"test/{k}": v for k, v in metrics.items()})
-    finally:
-        logger.close()
-    (run_dir / "test_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    export = parts.model.save_pretrained(run_dir / "export", run={
-        "method": cfg.method, "dataset": cfg.data.dataset, "steps": cfg.optim.steps, "test_metrics": metrics,
-        "config": to_dict(cfg)})
-    save_embeddings(run_dir / TEST_EMBEDDINGS, final, model=str(export), kind="model", image_size=cfg.data.image_size)
-    return {"test_metrics": metrics, "run_dir": str(run_dir), "steps": cfg.optim.steps}
+        logger = RunLogger(run_dir, resume_step=start if candidates else None, final_step=steps)
+        try:
+            if not cfg.eval_only:
+                if cfg.eval_every and start == 0:  # the starting point, for the curves
+                    logger.log(0, {f"test/{k}": v for k, v in evaluate_test_split(parts, data.test, cfg).items()})
+                run_loop(cfg, parts, data.train, logger, start=start, on_step=on_step, neighbours=neighbours,
+                         class_attributes=data.class_attributes if cfg.needs_class_attributes else None,
+                         evaluate=lambda: evaluate_test_split(parts, data.test, cfg),
+                         skipped=state.get("skipped_steps", 0))
+            final = embed_test_split(parts, data.test, cfg)
+            metrics = evaluate(final.embeddings, final.labels, seed=cfg.seed)
+            logger.log(steps, {f"test/{k}": v for k, v in metrics.items()})
+        finally:
+            logger.close()
+        (run_dir / "test_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        export = parts.model.save_pretrained(run_dir / "export", run={
+            "method": cfg.method, "dataset": cfg.data.dataset, "steps": steps, "test_metrics": metrics,
+            "config": to_dict(cfg)})
+        save_embeddings(run_dir / TEST_EMBEDDINGS, final, model=str(export), kind="model",
+                        image_size=cfg.data.image_size)
+    return {"test_metrics": metrics, "run_dir": str(run_dir), "steps": steps}

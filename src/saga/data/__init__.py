@@ -27,19 +27,24 @@ Loader = Callable[..., DatasetSplits]
 DATASETS: Registry[Loader] = Registry("dataset")
 
 
-def load_synth(root: str | Path, split_file: str | Path | None = None) -> DatasetSplits:
+def load_synth(root: str | Path, split_file: str | Path | None = None, *, check_counts: bool = True) -> DatasetSplits:
     """The synthetic world (saga.synth), read like CUB; imported on use, so a run on real data never loads the
-    world's renderer."""
+    world's renderer. A world has the size it was made with: no official counts."""
     from saga.synth.dataset import load_synth as load
 
     return load(root, split_file)
 
 
-def load_dataset(name: str, root: str | Path, split_file: str | Path | None = None) -> DatasetSplits:
-    """The zero-shot train/test splits of dataset `name` stored at `root`."""
+def load_dataset(name: str, root: str | Path, split_file: str | Path | None = None, *,
+                 check_counts: bool = True) -> DatasetSplits:
+    """The zero-shot train/test splits of dataset `name` stored at `root`. check_counts=False loads a full official
+    set whose counts differ from the published ones, with a warning (saga.data.base.compare_counts)."""
     loader = DATASETS.get(name)
-    # Only pass split_file when given, so loaders with a fixed split may take just `root`.
-    return loader(root) if split_file is None else loader(root, split_file=split_file)
+    # Only pass what differs from the defaults, so a loader with a fixed split and no counts may take just `root`.
+    options = {"split_file": split_file} if split_file is not None else {}
+    if not check_counts:
+        options["check_counts"] = False
+    return loader(root, **options)
 
 
 DATASETS.register("cub", load_cub)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from saga.data.base import (DatasetSplits, OfficialCounts, check_counts, find_dataset_dir, first_half, no_split_file,
+from saga.data.base import (DatasetSplits, OfficialCounts, compare_counts, find_dataset_dir, first_half, no_split_file,
                             read_fields, read_lines, require_files, split_by_class)
 from saga.errors import DataError
 
@@ -44,7 +44,8 @@ def read_variants(path: Path) -> list[str]:
     return list(variants)
 
 
-def load_aircraft(root: str | Path, split_file: str | Path | None = None) -> DatasetSplits:
+def load_aircraft(root: str | Path, split_file: str | Path | None = None, *,
+               check_counts: bool = True) -> DatasetSplits:
     """FGVC-Aircraft as zero-shot splits: variant halves in variants.txt order over the pooled image lists."""
     no_split_file("aircraft", split_file)
     data = find_dataset_dir(root, ["variants.txt", "data/variants.txt"], LAYOUT).parent
@@ -76,5 +77,5 @@ def load_aircraft(root: str | Path, split_file: str | Path | None = None) -> Dat
     class_names = dict(enumerate(variants))
     splits = split_by_class("aircraft", data.parent, paths, np.array(labels, dtype=np.int64), class_names,
                             first_half(class_names))
-    check_counts(splits, OFFICIAL, len(variants), variants_file)
+    compare_counts(splits, OFFICIAL, len(variants), variants_file, enforce=check_counts)
     return splits

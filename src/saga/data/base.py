@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from saga.errors import DataError
 from saga.images import load_image  # noqa: F401  (re-exported: saga.data.load_image)
+from saga.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -164,12 +164,14 @@ def require_files(paths: Sequence[Path], where: Callable[[int], str], dataset: s
     for i, p in enumerate(paths):
         by_dir[p.parent].append(i)
     missing: list[int] = []
-    for folder, indices in tqdm(by_dir.items(), desc=f"{dataset}: checking images", unit="folder", disable=None):
-        try:
-            present = set(os.listdir(folder))
-        except OSError:
-            present = set()
-        missing.extend(i for i in indices if paths[i].name not in present and not paths[i].exists())
+    with progress(total=len(by_dir), desc=f"{dataset}: checking images", unit="folder") as bar:
+        for folder, indices in by_dir.items():
+            try:
+                present = set(os.listdir(folder))
+            except OSError:
+                present = set()
+            missing.extend(i for i in indices if paths[i].name not in present and not paths[i].exists())
+            bar.update(1)
     if missing:
         first = min(missing)
         more = f" ({len(missing) - 1} more images are missing)" if len(missing) > 1 else ""
@@ -204,8 +206,11 @@ def split_by_class(name: str, root: Path, paths: list[Path], labels: np.ndarray,
                          side("test", ~is_train, lambda c: c not in train_set))
 
 
-def check_counts(splits: DatasetSplits, official: OfficialCounts | None, listed_classes: int, source: Path) -> None:
-    """Compare a full official set with its published counts (see the module docstring); warn on a subset."""
+def compare_counts(splits: DatasetSplits, official: OfficialCounts | None, listed_classes: int, source: Path,
+                 enforce: bool = True) -> None:
+    """Compare a full official set with its published counts (see the module docstring); warn on a subset.
+    enforce=False (`--no-count-check`, `data.check_counts: false`): a full set whose counts differ loads, with a
+    warning giving expected vs found (e.g. a copy with some images held out on purpose)."""
     if official is None:
         return
     if listed_classes != official.total_classes:
@@ -218,9 +223,13 @@ def check_counts(splits: DatasetSplits, official: OfficialCounts | None, listed_
     found = {s.name: {"classes": len(np.unique(s.labels)), "images": len(s)} for s in (splits.train, splits.test)}
     wrong = [f"{side} {what}: expected {n:,}, found {found[side][what]:,}"
              for (side, what), n in expected.items() if n is not None and found[side][what] != n]
-    if wrong:
+    if wrong and not enforce:
+        log.warning("%s: the %s set differs from its official counts (%s); loading it as it is (count check off)",
+                    source, splits.name, "; ".join(wrong))
+    elif wrong:
         raise DataError(f"{source}: the full {splits.name} set does not have its official counts ("
-                        + "; ".join(wrong) + "); is part of the dataset missing or duplicated?")
+                        + "; ".join(wrong) + "); is part of the dataset missing or duplicated? (--no-count-check, "
+                        "or data.check_counts: false, loads it anyway)")
 
 
 def no_split_file(dataset: str, split_file: str | Path | None) -> None:

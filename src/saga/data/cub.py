@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from saga.data.base import (DatasetSplits, OfficialCounts, check_counts, find_dataset_dir, first_half, no_split_file,
+from saga.data.base import (DatasetSplits, OfficialCounts, compare_counts, find_dataset_dir, first_half, no_split_file,
                             parse_int, read_fields, read_lines, require_files, split_by_class)
 from saga.errors import DataError
 
@@ -86,8 +86,8 @@ def read_cub_index(root: Path) -> CubIndex:
                     [images[i][1] for i in ids], {k: text for k, (text, _) in classes.items()})
 
 
-def load_cub(root: str | Path, split_file: str | Path | None = None, *, name: str = "cub",
-             official: OfficialCounts | None = OFFICIAL) -> DatasetSplits:
+def load_cub(root: str | Path, split_file: str | Path | None = None, *, check_counts: bool = True,
+             name: str = "cub", official: OfficialCounts | None = OFFICIAL) -> DatasetSplits:
     """CUB-200-2011 as zero-shot splits: class halves, labels = class id - 1. `official=None` skips count checks
     (for other data in this layout, e.g. the synthetic world)."""
     no_split_file(name, split_file)
@@ -97,7 +97,7 @@ def load_cub(root: str | Path, split_file: str | Path | None = None, *, name: st
     class_names = {k - 1: text for k, text in index.classes.items()}
     splits = split_by_class(name, root, index.paths, np.array(index.class_ids, dtype=np.int64) - 1, class_names,
                             first_half(class_names))
-    check_counts(splits, official, len(class_names), root / "classes.txt")
+    compare_counts(splits, official, len(class_names), root / "classes.txt", enforce=check_counts)
     return splits
 
 

@@ -62,8 +62,9 @@ def read_split_file(path: Path, classes: list[str]) -> set[int]:
     return {label_of[name] for name in listed}
 
 
-def load_folder(root: str | Path, split_file: str | Path | None = None) -> DatasetSplits:
-    """An image-folder dataset as zero-shot splits, by class halves or by a split file of train classes."""
+def load_folder(root: str | Path, split_file: str | Path | None = None, *, check_counts: bool = True) -> DatasetSplits:
+    """An image-folder dataset as zero-shot splits, by class halves or by a split file of train classes (no
+    official counts: `check_counts` is accepted for a uniform signature)."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"{root}: no such folder; expected a folder with one subfolder of images per class")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from saga.data.base import (DatasetSplits, OfficialCounts, check_counts, find_dataset_dir, first_half, no_split_file,
+from saga.data.base import (DatasetSplits, OfficialCounts, compare_counts, find_dataset_dir, first_half, no_split_file,
                             require_files, split_by_class)
 from saga.errors import DataError
 
@@ -63,7 +63,7 @@ def _entries(coco: dict, key: str, fields: tuple[str, ...], path: Path) -> list[
     return entries
 
 
-def load_inat_aves(root: str | Path, split_file: str | Path | None = None, *,
+def load_inat_aves(root: str | Path, split_file: str | Path | None = None, *, check_counts: bool = True,
                    annotations: str | None = None) -> DatasetSplits:
     """iNat-2021 Aves as zero-shot splits: species sorted by category id, first half train."""
     no_split_file("inat_aves", split_file)
@@ -100,5 +100,5 @@ def load_inat_aves(root: str | Path, split_file: str | Path | None = None, *,
     class_names = {label: name for label, (_, name) in enumerate(birds)}
     splits = split_by_class("inat_aves", path.parent, paths, np.array(labels, dtype=np.int64), class_names,
                             first_half(class_names))
-    check_counts(splits, official_counts(path.name), len(categories), path)
+    compare_counts(splits, official_counts(path.name), len(categories), path, enforce=check_counts)
     return splits

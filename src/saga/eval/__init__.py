@@ -29,7 +29,14 @@ def load_embeddings(path: str) -> tuple[np.ndarray, np.ndarray]:
     with f:
         if "embeddings" not in f or "labels" not in f:
             raise DataError(f"{path}: needs arrays 'embeddings' and 'labels', has {sorted(f.files)}")
-        return f["embeddings"], f["labels"]
+        try:
+            embeddings, labels = f["embeddings"], f["labels"]
+        except ValueError as e:  # an object array: loading it would unpickle
+            raise DataError(f"{path}: 'embeddings' and 'labels' must be numeric arrays ({e})") from None
+    if not np.issubdtype(embeddings.dtype, np.number) or embeddings.ndim != 2:
+        raise DataError(f"{path}: 'embeddings' must be a numeric (N, D) array, got {embeddings.dtype} "
+                        f"{embeddings.shape}")
+    return embeddings, labels
 
 
 def evaluate(
@@ -55,6 +62,9 @@ def evaluate(
         raise ValueError(f"ks must be positive neighbour counts, got {tuple(ks)}")
     if labels.shape[0] < 2:
         raise DataError(f"retrieval needs at least 2 items, got {labels.shape[0]}")
+    if len(np.unique(labels)) < 2:  # every neighbour would be right: every metric 100, meaning nothing
+        raise DataError(f"retrieval needs at least 2 classes, got {len(np.unique(labels))}: every neighbour would be "
+                        "of the query's class")
     # One search deep enough for every metric: K for Recall@K, R = largest class - 1 for MAP@R and R-precision;
     # never more than the N - 1 other items (then Recall@K for K >= N - 1 reads all of them).
     _, idx = knn(x, min(neighbours_needed(labels, ks), labels.shape[0] - 1), backend=backend)

@@ -167,6 +167,9 @@ def rollout(model: nn.Module, processor, enc_out: EncoderOutput, *, dataset: str
         do_sample=True, temperature=temperature, top_p=top_p, top_k=0, repetition_penalty=1.0,
         max_new_tokens=max_new_tokens, eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id,
         suppress_tokens=vision_token_ids(tokenizer),  # a sampled <|image_pad|> breaks the re-forward (docs/method.md)
+        # Non-finite logits (a broken judge, an overflow) must not crash sampling: the step's log-probs are then
+        # non-finite too, and the training loop skips the step and says so (saga.train.loop).
+        remove_invalid_values=True,
     )
     # Generation needs no activations for backward; in train mode a checkpointed model would also drop the KV
     # cache (transformers turns use_cache off under gradient checkpointing).

@@ -35,25 +35,35 @@ def group_advantages(
     stats: reward_mean, reward_std (mean of the per-group stds, or the batch std under "batch", as TRL logs it),
     frac_reward_zero_std: share of groups whose rewards are all equal. Those groups get advantage 0 and so no
     gradient. (TRL's "batch" mode logs the global-std test instead; the per-group share is the useful number.)
+    NaN rewards count in none of these and get advantage 0.
     """
     if group_size < 1 or rewards.numel() % group_size != 0:
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
     if scale_rewards not in ("group", "batch", "none"):
         raise ValueError(f"scale_rewards must be 'group', 'batch' or 'none', got {scale_rewards!r}")
     grouped = rewards.detach().float().reshape(-1, group_size)
-    mean = grouped.mean(dim=1, keepdim=True)
-    # torch.std of one element is nan; TRL treats it as 0 (its eval path with num_generations == 1).
+    # A NaN reward (a reward that could not be computed) is left out of its group's mean and std and gets
+    # advantage 0, as TRL does, instead of turning the whole group into NaN.
+    valid = ~torch.isnan(grouped)
+    values = grouped.nan_to_num(0.0)
+    count = valid.sum(dim=1, keepdim=True)
+    mean = values.sum(dim=1, keepdim=True) / count.clamp(min=1)
+    # Bessel's correction as torch.std; the std of fewer than two rewards is 0 (TRL: num_generations == 1).
     if scale_rewards == "batch":
-        std = grouped.std() if grouped.numel() > 1 else grouped.new_zeros(())
+        every = values[valid]
+        std = every.std() if every.numel() > 1 else grouped.new_zeros(())
     else:
-        std = grouped.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(mean)
+        var = ((values - mean) ** 2 * valid).sum(dim=1, keepdim=True) / (count - 1).clamp(min=1)
+        std = torch.where(count > 1, var.sqrt(), torch.zeros_like(var))
     std = std.expand_as(grouped)
-    advantages = grouped - mean
+    advantages = values - mean
     if scale_rewards != "none":
         advantages = advantages / (std + eps)  # eps = 1e-4 in TRL: an all-equal group stays exactly 0
-    all_equal = grouped.amax(dim=1) == grouped.amin(dim=1)
+    advantages = advantages.masked_fill(~valid, 0.0)
+    inf = torch.finfo(values.dtype).max
+    all_equal = values.masked_fill(~valid, -inf).amax(dim=1) <= values.masked_fill(~valid, inf).amin(dim=1)
     stats = {
-        "reward_mean": grouped.mean(),
+        "reward_mean": values.sum() / valid.sum().clamp(min=1),
         "reward_std": std.mean(),
         "frac_reward_zero_std": all_equal.float().mean(),
     }

@@ -2,8 +2,8 @@
 `RetrievalModel` (encoder + pooler + preprocessing) and split embedding; tiny Qwen3-VL builders for tests and the
 synthetic judge. Importing this package registers the image-only processors with AutoProcessor."""
 
-from saga.models.backbone import (enable_activation_checkpointing, load_processor, load_vision_tower, load_vlm,
-                                  resolve_checkpoint, vision_token_ids)
+from saga.models.backbone import (check_checkpoint, enable_activation_checkpointing, load_processor,
+                                  load_vision_tower, load_vlm, resolve_checkpoint, vision_token_ids)
 from saga.models.embed import EmbedResult, embed_split, save_embeddings
 from saga.models.encoder import EncoderOutput, VisionEncoder
 from saga.models.inject import supports_mm_encoder_outputs, vision_inputs
@@ -18,7 +18,8 @@ __all__ = [
     "CHAT_TEMPLATE", "POOLERS", "PRESETS", "SPECIAL_TOKENS", "VISION_TOKENS",
     "AttentionPooler", "EmbedResult", "EncoderOutput", "ImageOnlyQwen2_5_VLProcessor", "ImageOnlyQwen3VLProcessor",
     "ImagePreprocessor", "MeanPooler", "PoolerOutput", "RetrievalModel", "RetrievalOutput", "VisionEncoder",
-    "build_pooler", "build_tiny_qwen3vl", "build_tokenizer", "embed_split", "enable_activation_checkpointing",
+    "build_pooler", "build_tiny_qwen3vl", "build_tokenizer", "check_checkpoint", "embed_split",
+    "enable_activation_checkpointing",
     "load_model", "load_processor", "load_vision_tower", "load_vlm", "resolve_checkpoint", "save_embeddings",
     "supports_mm_encoder_outputs", "vision_inputs", "vision_token_ids",
 ]

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import (AutoConfig, ProcessorMixin, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil,
                           Qwen3VLForConditionalGeneration)
@@ -73,6 +73,30 @@ def model_type(path: Path) -> str:
     return kind
 
 
+def check_checkpoint(id_or_path: str | Path) -> Path:
+    """The local directory of a usable checkpoint: found (`resolve_checkpoint`), of a supported family, with its
+    weights in safetensors. Weights only in pickle files (pytorch_model.bin) are refused: unpickling can run code,
+    and a checkpoint is data. Cheap: it reads config.json and lists files, so a run can check its inputs first."""
+    path = resolve_checkpoint(id_or_path)
+    model_type(path)
+    if not any(path.glob("*.safetensors")):
+        pickles = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt*"))
+        what = f"only pickle weights ({', '.join(pickles)}), which saga does not load (unpickling can run code); " \
+               "convert them to safetensors" if pickles else "no model weights (*.safetensors)"
+        raise CheckpointError(f"{path}: {what}")
+    return path
+
+
+def assert_finite_weights(model: nn.Module, source: Path) -> None:
+    """A checkpoint whose weights hold NaN or inf (a bad download, flipped bytes) fails at load time, naming the
+    tensors, instead of poisoning the first training step."""
+    bad = [name for name, t in model.state_dict().items()
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise CheckpointError(f"{source}: {len(bad)} weight tensor(s) hold NaN or inf ({', '.join(bad[:3])}"
+                              f"{', ...' if len(bad) > 3 else ''}); the checkpoint is corrupt")
+
+
 def load_processor(id_or_path: str | Path, *, trust_remote_code: bool = False) -> ProcessorMixin:
     """The checkpoint's tokenizer, chat template and image processor as an image-only processor.
 
@@ -95,11 +119,15 @@ def load_vlm(id_or_path: str | Path, *, device: str = "auto", dtype: str | torch
     must come back from the forward pass (sdpa returns none; docs/method.md, "The judge"). The model classes are
     transformers' own, so trust_remote_code only matters for a checkpoint whose tokenizer ships custom code.
     """
-    path = resolve_checkpoint(id_or_path)
+    path = check_checkpoint(id_or_path)
     model_cls = FAMILIES[model_type(path)][0]
     device_ = resolve_device(device)
-    model = model_cls.from_pretrained(path, dtype=resolve_dtype(dtype, device_),
-                                      attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
+    try:
+        model = model_cls.from_pretrained(path, dtype=resolve_dtype(dtype, device_), use_safetensors=True,
+                                          attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
+    except (OSError, SafetensorError, RuntimeError) as e:  # truncated or mismatched weight files
+        raise CheckpointError(f"{path}: cannot load the model weights ({type(e).__name__}: {e})") from None
+    assert_finite_weights(model, path)
     processor = load_processor(path, trust_remote_code=trust_remote_code)
     return model.to(device_).eval(), processor
 
@@ -108,7 +136,7 @@ def load_vision_tower(id_or_path: str | Path, *, device: str = "auto", dtype: st
                       attn_implementation: str = "sdpa") -> nn.Module:
     """Only the vision tower of a checkpoint (eval mode, on `device`), reading only the tower's tensors from the
     safetensors files: the 8B model's tower is 576 M of its 8.77 B parameters (docs/method.md, "The judge")."""
-    path = resolve_checkpoint(id_or_path)
+    path = check_checkpoint(id_or_path)
     tower_cls = FAMILIES[model_type(path)][1]
     device_ = resolve_device(device)
     config = AutoConfig.from_pretrained(path)
@@ -119,6 +147,7 @@ def load_vision_tower(id_or_path: str | Path, *, device: str = "auto", dtype: st
     if missing or unexpected:
         raise CheckpointError(f"{path}: vision tower weights do not match the config "
                               f"(missing {missing[:3]}..., unexpected {unexpected[:3]}...)")
+    assert_finite_weights(tower, path)
     return tower.to(device_).eval()
 
 
@@ -133,10 +162,13 @@ def _tower_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json")
     state = {}
     for file in files:
-        with safe_open(path / file, framework="pt") as f:
-            for key in f.keys():
-                if _TOWER_KEY.match(key):
-                    state[_TOWER_KEY.sub("", key)] = f.get_tensor(key)
+        try:
+            with safe_open(path / file, framework="pt") as f:
+                for key in f.keys():
+                    if _TOWER_KEY.match(key):
+                        state[_TOWER_KEY.sub("", key)] = f.get_tensor(key)
+        except (OSError, SafetensorError) as e:
+            raise CheckpointError(f"{path / file}: unreadable safetensors file ({e})") from None
     if not state:
         raise CheckpointError(f"{path}: no vision tower weights (keys model.visual.* or visual.*) in {files}")
     return state

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from saga.data.base import ImageDataset, Split
 from saga.errors import DataError
 from saga.models.retrieval import RetrievalModel
+from saga.progress import progress
 
 
 @dataclass
@@ -52,8 +52,7 @@ def embed_split(model: RetrievalModel, split: Split, *, batch_size: int = 32,
     chunks, labels = [], []
     start = time.perf_counter()
     try:
-        with torch.inference_mode(), tqdm(total=len(split), desc=f"embed {split.name}", unit="img",
-                                          disable=None) as bar:
+        with torch.inference_mode(), progress(total=len(split), desc=f"embed {split.name}", unit="img") as bar:
             for inputs, batch_labels in loader:
                 embedding = model(inputs["pixel_values"], inputs["image_grid_thw"]).embedding
                 chunks.append(F.normalize(embedding.float(), dim=-1).cpu())

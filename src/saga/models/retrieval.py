@@ -42,7 +42,7 @@ from saga.models.backbone import FAMILIES, load_processor, resolve_checkpoint
 from saga.models.encoder import EncoderOutput, VisionEncoder
 from saga.models.poolers import MeanPooler, build_pooler
 from saga.models.preprocess import ImagePreprocessor
-from saga.utils import resolve_device
+from saga.utils import default_permissions, resolve_device
 
 MANIFEST = "saga_model.json"
 FORMAT = "saga-encoder/1"
@@ -127,6 +127,7 @@ class RetrievalModel(nn.Module):
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
         (tmp / "README.md").write_text(model_card(manifest))
+        default_permissions(tmp)  # safetensors writes 0600
         old = out.with_name(out.name + ".old")
         if out.exists():
             shutil.rmtree(old, ignore_errors=True)

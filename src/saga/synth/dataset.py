@@ -10,7 +10,7 @@ from saga.errors import DataError
 from saga.synth.world import WORLD_FILE, load_world
 
 
-def load_synth(root: str | Path, split_file: str | Path | None = None) -> DatasetSplits:
+def load_synth(root: str | Path, split_file: str | Path | None = None, *, check_counts: bool = True) -> DatasetSplits:
     """Zero-shot splits of a world written by `saga synth` (classes 1..ceil(n/2) train, the rest test) with
     `class_attributes[label] = {attribute: value}`. No official count checks: a world has the size it was made with."""
     splits = load_cub(root, split_file, name="synth", official=None)

@@ -15,13 +15,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from saga.errors import ConfigError
+from saga.progress import progress
 from saga.synth.layout import OUTPUTS, Box, image_file, write_cub_files
 from saga.synth.preview import write_preview
 from saga.synth.render import NUISANCE, render_scene
-from saga.synth.world import WORLD_FILE, SynthClass, design_world
+from saga.synth.world import WORLD_FILE, SynthClass, design_world, load_world
 
 # 4:4:4 chroma: with the default 4:2:0 subsampling a 2-pixel eye ring at 64 px bleeds into its neighbours.
 JPEG = {"quality": 90, "subsampling": 0}
@@ -83,6 +83,25 @@ def world_complete(out: str | Path) -> bool:
     return (out / WORLD_FILE).is_file() and (out / "attributes" / "image_attribute_labels.txt").is_file()
 
 
+def ensure_world(out: str | Path, num_classes: int = 200, images_per_class: int = 60, size: int = 128,
+                 seed: int = 0, *, preview: bool = True, asked_by: str = "asked") -> Path:
+    """Render the world into `out` unless a complete one is there; a complete world of other parameters is an
+    error (it would silently be another benchmark) and nothing is deleted. The defaults are `saga synth`'s."""
+    out = Path(out)
+    wanted = {"num_classes": num_classes, "images_per_class": images_per_class, "size": size, "seed": seed}
+    if not world_complete(out):  # world.json alone is what an interrupted render leaves
+        print(f"rendering the synthetic world into {out} ({', '.join(f'{k} {v}' for k, v in wanted.items())}) ...")
+        return generate_world(out, **wanted, preview=preview)
+    world = load_world(out)
+    found = {"num_classes": len(world.classes), "images_per_class": world.images_per_class, "size": world.size,
+             "seed": world.seed}
+    differ = [f"{k} {found[k]} ({asked_by}: {v})" for k, v in wanted.items() if found[k] != v]
+    if differ:
+        raise ConfigError(f"{out / WORLD_FILE}: this world was rendered with {', '.join(differ)}; remove {out} to "
+                          "re-render it, or point elsewhere")
+    return out
+
+
 def generate_world(out: str | Path, num_classes: int = 200, images_per_class: int = 60, size: int = 128,
                    seed: int = 0, preview: bool = False, workers: int = 0) -> Path:
     """Render `num_classes` x `images_per_class` images of `size` px into `out` (CUB_200_2011 layout plus
@@ -109,8 +128,8 @@ def generate_world(out: str | Path, num_classes: int = 200, images_per_class: in
     boxes: list[list[Box]] = []
     # spawn, not fork: the parent may hold torch's thread pools (forking those can deadlock); workers need no torch
     pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
-    with pool or contextlib.nullcontext(), tqdm(total=num_classes * images_per_class, desc="synth: rendering",
-                                                unit="img", disable=None) as bar:
+    with pool or contextlib.nullcontext(), progress(total=num_classes * images_per_class, desc="synth: rendering",
+                                                    unit="img") as bar:
         for b in pool.imap(_render_class, jobs) if pool else map(_render_class, jobs):  # both keep class order
             boxes.append(b)
             bar.update(len(b))

@@ -25,12 +25,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from saga.data import Split, load_dataset, load_image
 from saga.errors import CheckpointError, DataError
 from saga.judge.prompts import format_comparison, parse_verdict, values_stated_correctly
 from saga.models import load_model, load_vlm
+from saga.progress import progress
 from saga.synth import SCHEMA
 from saga.synth.pairs import PairInputs
 
@@ -114,13 +114,15 @@ def generate_answers(model, inputs: PairInputs, split: Split, pairs: np.ndarray,
     same length (`PairInputs`), so a batch needs no padding and generation starts at the same position."""
     texts: list[str] = []
     device = next(model.parameters()).device
-    for start in tqdm(range(0, len(pairs), batch_size), desc=desc, unit="batch", disable=None):
-        chunk = pairs[start:start + batch_size]
-        images = [load_image(split.paths[i]) for pair in chunk for i in pair]
-        batch = {k: v.to(device) for k, v in inputs(images).items()}
-        batch["pixel_values"] = batch["pixel_values"].to(model.dtype)
-        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
-        texts += inputs.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    with progress(total=len(pairs), desc=desc, unit="pair") as bar:
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start:start + batch_size]
+            images = [load_image(split.paths[i]) for pair in chunk for i in pair]
+            batch = {k: v.to(device) for k, v in inputs(images).items()}
+            batch["pixel_values"] = batch["pixel_values"].to(model.dtype)
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
+            texts += inputs.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+            bar.update(len(chunk))
     return texts
 
 

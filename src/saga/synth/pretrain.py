@@ -38,7 +38,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from saga.errors import ConfigError
 from saga.judge.prompts import pair_prompt
@@ -47,7 +46,8 @@ from saga.synth import SCHEMA
 from saga.synth.pairs import (EXCLUDED_WORLD, NEGATIVE_MIX, RENDER_SIZE, SAME_SHARE, AttributeStream, PairInputs,
                               PairStream, append_answers, excluded_combinations, judge_corpus, sample_pair, target)
 from saga.synth.presets import JUDGE_PRESETS, JudgePreset
-from saga.utils import environment, resolve_device, seed_everything
+from saga.progress import progress
+from saga.utils import default_permissions, environment, resolve_device, seed_everything
 
 
 def _lr_factor(step: int, warmup: int, steps: int) -> float:
@@ -65,7 +65,7 @@ def optimise(params: list[torch.nn.Parameter], spec: JudgePreset, steps: int, ba
     optimizer = torch.optim.AdamW(params, lr=spec.lr, betas=(0.9, 0.98), weight_decay=spec.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, spec.warmup, steps))
     losses: list[float] = []
-    with tqdm(total=steps, desc=f"judge pretrain: {desc}", unit="step", disable=None) as bar:
+    with progress(total=steps, desc=f"judge pretrain: {desc}", unit="step") as bar:
         for batch in itertools.islice(batches, steps):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 loss = loss_of({k: v.to(device, non_blocking=True) for k, v in batch.items()})
@@ -75,7 +75,7 @@ def optimise(params: list[torch.nn.Parameter], spec: JudgePreset, steps: int, ba
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss.item())
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+            bar.set_postfix({"loss": f"{np.mean(losses[-20:]):.3f}"})
             bar.update()
     return losses
 
@@ -227,4 +227,5 @@ def pretrain_judge(out: str | Path, preset: str | JudgePreset = "tiny", seed: in
         "argv": sys.argv, "environment": environment(),
     }
     (out / "pretrain.json").write_text(json.dumps(summary, indent=2) + "\n")
+    default_permissions(out)  # safetensors writes 0600
     return summary

@@ -35,10 +35,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from saga.errors import CheckpointError
+from saga.utils import default_permissions
 
 CKPT_NAME = re.compile(r"^ckpt-(\d{6})$")
 LATEST = "latest"
@@ -116,6 +118,14 @@ def save_checkpoint(ckpt_dir: str | Path, step: int, modules: dict[str, nn.Modul
     by the caller). Returns the checkpoint folder.
     """
     ckpt_dir = Path(ckpt_dir)
+    # A checkpoint is a point to come back to: never one whose weights hold NaN or inf (rotation would then delete
+    # the last good one).
+    broken = [f"{name}.{key}" for name, module in modules.items() for key, value in module.state_dict().items()
+              if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if broken:
+        names = ", ".join(broken[:5]) + (", ..." if len(broken) > 5 else "")
+        raise CheckpointError(f"{ckpt_dir}: not saving step {step}, whose weights are not finite ({names}); the "
+                              "newest checkpoint there is the last good one")
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     for leftover in ckpt_dir.glob("ckpt-*.tmp"):  # a save killed half-way; never read, removed here
         shutil.rmtree(leftover)
@@ -132,6 +142,7 @@ def save_checkpoint(ckpt_dir: str | Path, step: int, modules: dict[str, nn.Modul
     rng_tensors, rng_meta = capture_rng()
     save_file(rng_tensors, tmp / "rng.safetensors")
     _write_json({**state, "step": step, "rng": rng_meta, "modules": sorted(modules)}, tmp / STATE)
+    default_permissions(tmp)
     for file in tmp.iterdir():
         _fsync(file)
     _fsync(tmp)
@@ -178,7 +189,7 @@ def read_state(path: str | Path) -> dict:
     file = Path(path) / STATE
     try:
         return json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:
         raise CheckpointError(f"{file}: cannot read the checkpoint state ({e})") from None
 
 
@@ -192,7 +203,7 @@ def load_checkpoint(path: str | Path, modules: dict[str, nn.Module], optimizer: 
         meta = json.loads((path / "optimizer.json").read_text())
         optimizer.load_state_dict(unflatten_optimizer(load_file(path / "optimizer.safetensors"), meta))
         restore_rng(load_file(path / "rng.safetensors"), state["rng"])
-    except (OSError, RuntimeError, ValueError, KeyError) as e:
+    except (OSError, RuntimeError, ValueError, KeyError, SafetensorError) as e:
         raise CheckpointError(f"{path}: cannot restore the checkpoint ({type(e).__name__}: {e})") from None
     return state
 

@@ -5,8 +5,9 @@ to read with pandas (`pd.read_json(path, lines=True)`). completions.jsonl has on
 of a logged step, with its pair (image paths, same/different), text, verdict, reward and advantage: the sample
 table TRL users expect from GRPO (docs/method.md, "L_GRPO"). The same numbers go to TensorBoard, the table as text.
 
-On resume, lines logged after the checkpoint by the interrupted run are dropped (they will be logged again), and
-TensorBoard is told to purge its events past that step, so every file reads as one uninterrupted run.
+On resume, lines logged after the checkpoint by the interrupted run are dropped (they will be logged again), and so
+is the final evaluation of a finished run that is resumed (it is done again); TensorBoard is told to purge its
+events past the checkpoint, so every file reads as one uninterrupted run.
 """
 
 from __future__ import annotations
@@ -20,21 +21,29 @@ from torch.utils.tensorboard import SummaryWriter
 METRICS, COMPLETIONS = "metrics.jsonl", "completions.jsonl"
 
 
-def _truncate_after(path: Path, step: int) -> None:
+def _truncate_after(path: Path, step: int, final_step: int | None = None) -> None:
+    """Keep the lines up to `step`, except a final evaluation (test/* at `final_step`)."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    kept = []
+    for line in path.read_text().splitlines():
+        if not line:
+            continue
+        row = json.loads(line)
+        if row["step"] <= step and not (row["step"] == final_step and any(k.startswith("test/") for k in row)):
+            kept.append(line)
     path.write_text("".join(line + "\n" for line in kept))
 
 
 class RunLogger:
-    """Append-only logs of one run; `resume_step` = the step a resumed run continues after (None: a new run)."""
+    """Append-only logs of one run; `resume_step` = the step a resumed run continues after (None: a new run);
+    `final_step` = the step the final evaluation is logged at."""
 
-    def __init__(self, run_dir: str | Path, resume_step: int | None = None) -> None:
+    def __init__(self, run_dir: str | Path, resume_step: int | None = None, final_step: int | None = None) -> None:
         self.run_dir = Path(run_dir)
         if resume_step is not None:
             for name in (METRICS, COMPLETIONS):
-                _truncate_after(self.run_dir / name, resume_step)
+                _truncate_after(self.run_dir / name, resume_step, final_step)
         purge = None if resume_step is None else resume_step + 1
         self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge)
 

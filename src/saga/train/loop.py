@@ -7,6 +7,7 @@ rest: learning rates, backward, clipping, AdamW, logging, evaluation and checkpo
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
@@ -14,16 +15,19 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from saga.config import LossWeights, TrainConfig, to_dict
 from saga.data.base import ImageDataset, Split
+from saga.errors import TrainingError
 from saga.losses import LossTerms
 from saga.train.batches import StepBatches
 from saga.train.checkpoint import save_checkpoint
 from saga.train.logger import RunLogger
 from saga.train.methods import METHODS, Batch
 from saga.train.setup import Parts, lr_factor
+from saga.progress import progress
+
+log = logging.getLogger(__name__)
 
 
 def combine(terms: dict[str, LossTerms], weights: LossWeights) -> tuple[Tensor, dict[str, Tensor]]:
@@ -36,11 +40,12 @@ def combine(terms: dict[str, LossTerms], weights: LossWeights) -> tuple[Tensor, 
 
 def run_loop(cfg: TrainConfig, parts: Parts, split: Split, logger: RunLogger, *, start: int,
              evaluate: Callable[[], dict[str, float]], on_step: Callable[[int], None] | None = None,
-             neighbours: np.ndarray | None = None, class_attributes: dict[int, dict[str, str]] | None = None) -> None:
-    """Optimiser steps start..cfg.optim.steps-1. `step` counts completed updates: after the update of batch s the
-    run is at step s + 1, which is what logs and checkpoints are named by. neighbours: the nearest-class table
-    of `dml.neighbour_classes` (saga.train.batches.class_neighbours), or None. class_attributes: label -> attributes,
-    for `grpo.attribute_reward` and `weights.attribute_nll`."""
+             neighbours: np.ndarray | None = None, class_attributes: dict[int, dict[str, str]] | None = None,
+             skipped: int = 0) -> None:
+    """Optimiser steps start..cfg.optim.steps-1. `step` counts completed steps: after batch s the run is at step
+    s + 1, which is what logs and checkpoints are named by. neighbours: the nearest-class table of
+    `dml.neighbour_classes` (saga.train.batches.class_neighbours), or None. class_attributes: label -> attributes,
+    for `grpo.attribute_reward` and `weights.attribute_nll`. skipped: steps skipped before `start` (a resumed run)."""
     batches = StepBatches(split.labels, m=cfg.dml.m_per_class, batch_size=cfg.dml.batch_size, seed=cfg.seed,
                           neighbours=neighbours)
     # Its own generator: a DataLoader draws its workers' base seed when iterated, which would otherwise advance the
@@ -51,37 +56,53 @@ def run_loop(cfg: TrainConfig, parts: Parts, split: Split, logger: RunLogger, *,
     step_fn = METHODS.get(cfg.method).step
     params = [p for group in parts.optimizer.param_groups for p in group["params"]]
     total = cfg.optim.steps
-    bar = tqdm(total=total, initial=start, desc=f"train {cfg.method}", unit="step", disable=None)
-    for s, (inputs, labels) in zip(range(start, total), loader, strict=True):
-        tic = time.perf_counter()
-        for group in parts.optimizer.param_groups:
-            group["lr"] = group["base_lr"] * lr_factor(s, cfg.optim.warmup_steps)
-        batch = Batch(inputs, labels, [str(split.paths[i]) for i in batches.batch(s)],
-                      [class_attributes[int(y)] for y in labels] if class_attributes else None)
-        result = step_fn(parts, cfg, batch, s)
-        loss, metrics = combine(result.terms, cfg.weights)
+    in_a_row = 0
+    with progress(total=total, initial=start, desc=f"train {cfg.method}", unit="step") as bar:
+        for s, (inputs, labels) in zip(range(start, total), loader, strict=True):
+            tic = time.perf_counter()
+            for group in parts.optimizer.param_groups:
+                group["lr"] = group["base_lr"] * lr_factor(s, cfg.optim.warmup_steps)
+            batch = Batch(inputs, labels, [str(split.paths[i]) for i in batches.batch(s)],
+                          [class_attributes[int(y)] for y in labels] if class_attributes else None)
+            result = step_fn(parts, cfg, batch, s)
+            loss, metrics = combine(result.terms, cfg.weights)
 
-        parts.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip or float("inf"))
-        parts.optimizer.step()
+            parts.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip or float("inf"))
+            step = s + 1
+            # A non-finite loss or gradient never reaches the weights (nor AdamW's moments): the update is skipped and
+            # the run stops after optim.max_skipped_steps in a row, which means a broken input, not a one-off overflow.
+            finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(grad_norm))
+            if finite:
+                parts.optimizer.step()
+                in_a_row = 0
+            else:
+                skipped, in_a_row = skipped + 1, in_a_row + 1
+                bad = [name for name, t in result.terms.items() if not bool(torch.isfinite(t["loss"]))]
+                what = f"loss terms {', '.join(bad)}" if bad else "gradient (the losses are finite)"
+                log.warning("step %d: non-finite %s; the update was skipped (%d in a row)", step, what, in_a_row)
+            metrics["skipped_steps"] = skipped
 
-        step = s + 1
-        if (cfg.log_every and step % cfg.log_every == 0) or step == total:  # .item() syncs: only when logging
-            metrics.update(result.stats, grad_norm=grad_norm, step_seconds=time.perf_counter() - tic)
-            metrics.update({f"lr/{group['name']}": group["lr"] for group in parts.optimizer.param_groups})
-            values = {k: float(v) for k, v in metrics.items()}
-            logger.log(step, values)
-            bar.set_postfix({k: f"{values[k]:.3g}" for k in ("loss", "grpo/loss", "kl/loss", "dml/loss",
-                                                              "reward_mean") if k in values})
-        if result.completions and cfg.grpo.log_completions_every and step % cfg.grpo.log_completions_every == 0:
-            logger.completions(step, result.completions)
-        if cfg.eval_every and step % cfg.eval_every == 0 and step < total:  # the final one is the caller's
-            logger.log(step, {f"test/{k}": v for k, v in evaluate().items()})
-        if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == total:
-            save_checkpoint(logger.run_dir / "checkpoints", step, parts.trainable(), parts.optimizer,
-                            {"config": to_dict(cfg)}, keep=cfg.keep_checkpoints)
-        bar.update(1)
-        if on_step is not None:
-            on_step(step)
-    bar.close()
+            if (cfg.log_every and step % cfg.log_every == 0) or step == total or not finite:  # .item() syncs
+                metrics.update(result.stats, grad_norm=grad_norm, step_seconds=time.perf_counter() - tic)
+                metrics.update({f"lr/{group['name']}": group["lr"] for group in parts.optimizer.param_groups})
+                values = {k: float(v) for k, v in metrics.items()}
+                logger.log(step, values)
+                bar.set_postfix({k: f"{values[k]:.3g}" for k in ("loss", "grpo/loss", "kl/loss", "dml/loss",
+                                                                  "reward_mean") if k in values})
+            if result.completions and cfg.grpo.log_completions_every and step % cfg.grpo.log_completions_every == 0:
+                logger.completions(step, result.completions)
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < total:  # the final one is the caller's
+                logger.log(step, {f"test/{k}": v for k, v in evaluate().items()})
+            if in_a_row >= cfg.optim.max_skipped_steps:
+                raise TrainingError(f"{logger.run_dir}: {in_a_row} steps in a row had a non-finite loss or gradient "
+                                    f"(step {step}: {what}), so the run stopped; the weights never took those "
+                                    "updates, and checkpoints/ holds the last finite ones. Check the judge's weights, "
+                                    "the data and the learning rates, then --resume.")
+            if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == total:
+                save_checkpoint(logger.run_dir / "checkpoints", step, parts.trainable(), parts.optimizer,
+                                {"config": to_dict(cfg), "skipped_steps": skipped}, keep=cfg.keep_checkpoints)
+            bar.update(1)
+            if on_step is not None:
+                on_step(step)
