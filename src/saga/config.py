@@ -57,6 +57,9 @@ class ModelConfig:
     gradient_checkpointing: bool = _f(False, "recompute the judge's activations in the backward pass to save memory")
     encoder_gradient_checkpointing: bool = _f(False, "recompute the encoder's activations in backward (memory)")
     trust_remote_code: bool = _f(False, "allow custom model code from the checkpoint (off: never by default)")
+    judge_sharding: str = _f("none", "none: every data-parallel process holds the whole judge; fsdp: its "
+                                     "language-model layers are sharded over the processes (FSDP2), for a judge "
+                                     "larger than one GPU")
 
 
 @dataclass
@@ -294,6 +297,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "grpo.scale_rewards": ("group", "batch", "none"),
     "grpo.loss_type": ("grpo", "bnpo", "dr_grpo", "dapo"),
     "attention.direction": ("forward", "reverse"),
+    "model.judge_sharding": ("none", "fsdp"),
 }
 
 

@@ -19,13 +19,15 @@ class progress:
     """
 
     def __init__(self, total: int | None = None, *, desc: str = "", unit: str = "it", initial: int = 0,
-                 every: float | None = None, stream=None) -> None:
+                 every: float | None = None, stream=None, enabled: bool = True) -> None:
         self.stream = stream or sys.stderr
         self.total, self.desc, self.unit, self.n = total, desc, unit, initial
         self.every = float(os.environ.get("SAGA_PROGRESS_SECONDS", 30)) if every is None else every
+        if not enabled:  # e.g. data-parallel ranks other than 0: one report per run is enough
+            self.every = float("inf")
         self.postfix: dict = {}
         self._bar = None
-        if self.stream.isatty():
+        if enabled and self.stream.isatty():
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, file=self.stream)

@@ -105,3 +105,12 @@ def test_scoring_flops_by_hand(geometry):
     head = 2 * 4 * 10 * 2  # lm_head at the 2 completion positions: 160
     assert geometry.scoring_flops(config, [3], 2) == 2 * forward + 3 * attention + 2 * head == 2336
     assert geometry.scoring_flops(config, [3, 3], 4) == 2 * 2336
+
+
+def test_32b_geometry_is_a_32b_model(geometry):
+    """configs/models/qwen3vl-32b.json: the text model of Qwen3-32B (64 layers of 5120, 64 query / 8 KV heads, MLP
+    25600) behind the same vision tower with a 5120-wide merger."""
+    model, _ = geometry.build_from_config("qwen3vl-32b", device="meta", dtype=torch.bfloat16)
+    counts = geometry.parameter_counts(model)
+    assert 33.0e9 < counts["total"] < 34.0e9 and round(counts["vision"] / 1e6) == 595  # 8B: 576 M
+    assert 2 * counts["total"] / 2**30 > 60  # bf16 weights: more than one 80 GB GPU holds with a step's activations

@@ -35,13 +35,16 @@ def test_classes_are_balanced_over_an_epoch():
     assert max(uses.values()) - min(uses.values()) <= 1
 
 
-def test_rank_shards_are_disjoint_and_interleave_to_the_single_rank_stream():
-    labels = np.repeat(np.arange(6), 9)  # 54 images -> 6 global batches of 9
+def test_rank_shards_are_whole_classes_that_make_up_the_single_process_batch():
+    labels = np.repeat(np.arange(6), 9)  # 54 images -> 6 global batches of 9 (3 classes x 3)
     single = list(MPerClassSampler(labels, m=3, batch_size=9, seed=5))
     shards = [list(MPerClassSampler(labels, m=3, batch_size=9, rank=r, world_size=3, seed=5)) for r in range(3)]
-    assert [len(s) for s in shards] == [2, 2, 2]
-    interleaved = [shards[r][k] for k in range(2) for r in range(3)]
-    assert interleaved == single
+    assert [len(s) for s in shards] == [6, 6, 6]
+    for k, batch in enumerate(single):  # batch k is the concatenation of the ranks' shards, one class each
+        assert [i for r in range(3) for i in shards[r][k]] == batch
+        assert all(len(set(labels[shards[r][k]])) == 1 for r in range(3))
+    with pytest.raises(ConfigError, match="does not split into whole classes over 2 processes"):
+        MPerClassSampler(labels, m=3, batch_size=9, rank=0, world_size=2)
 
 
 def test_m_per_class_determinism_and_epochs():

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -31,16 +32,19 @@ from saga.app.rundir import RunLock, clear_for_new_run
 from saga.config import TrainConfig, config_from_dict, dump_config, to_dict
 from saga.data import DatasetSplits, load_dataset
 from saga.data.base import Split
-from saga.errors import CheckpointError, ConfigError
+from saga.data.samplers import MPerClassSampler
+from saga.errors import CheckpointError, ConfigError, SagaError
 from saga.eval import evaluate
 from saga.models import EmbedResult, check_checkpoint, embed_split, save_embeddings
+from saga.train import distributed
 from saga.train.batches import class_neighbours
 from saga.train.checkpoint import complete_checkpoints, config_differences, load_checkpoint, read_state
+from saga.train.distributed import World, barrier
 from saga.train.logger import RunLogger
 from saga.train.loop import run_loop
 from saga.train.methods import METHODS
 from saga.train.setup import Parts, build_parts
-from saga.utils import environment, resolve_device, seed_everything
+from saga.utils import environment, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +52,26 @@ NEIGHBOURS = "class_neighbours.json"
 TEST_EMBEDDINGS = "test_embeddings.npz"
 
 
-def check_inputs(cfg: TrainConfig) -> DatasetSplits:
+def check_inputs(cfg: TrainConfig, world: World = World()) -> DatasetSplits:
     """Everything a run reads, checked before its folder is touched: the dataset (a missing synthetic world is
-    rendered, as `saga benchmark` does), the class attributes some options need, the judge and backbone
-    checkpoints. Returns the dataset."""
+    rendered, as `saga benchmark` does, by rank 0), the class attributes some options need, the judge and backbone
+    checkpoints, and that the batch and the pairs split over the processes. Returns the dataset."""
     if cfg.data.dataset == "synth":
         from saga.synth.generate import ensure_world, world_complete
 
-        if not world_complete(cfg.data.root):
+        if world.is_main and not world_complete(cfg.data.root):
             ensure_world(cfg.data.root)  # `saga synth --out ROOT`, the defaults the synthetic presets name
+        barrier()
+    if cfg.grpo.pairs_per_step % world.size and METHODS.get(cfg.method).needs_judge:
+        raise ConfigError(f"grpo.pairs_per_step={cfg.grpo.pairs_per_step} does not split over {world.size} "
+                          "processes: each mines an equal share")
     data = load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.split_file, check_counts=cfg.data.check_counts)
     if cfg.needs_class_attributes and not data.class_attributes:
         raise ConfigError(f"grpo.attribute_reward and weights.attribute_nll need per-class attributes, which dataset "
                           f"{cfg.data.dataset!r} does not give (the synthetic world does)")
+    # The batches this dataset gives with these settings (enough classes, whole classes per process).
+    MPerClassSampler(data.train.labels, cfg.dml.m_per_class, cfg.dml.batch_size, rank=world.rank,
+                     world_size=world.size)
     if not cfg.model.judge and (METHODS.get(cfg.method).needs_judge or cfg.model.backbone is None):
         raise ConfigError("model.judge is not set: give the judge's hub id or local directory")
     for checkpoint in {cfg.model.judge, cfg.model.backbone} - {None, ""}:
@@ -132,14 +143,62 @@ def _read_neighbours(path: Path, split: Split, k: int) -> np.ndarray:
 
 
 def embed_test_split(parts: Parts, test: Split, cfg: TrainConfig) -> EmbedResult:
-    """The test split through the current encoder + pooler."""
-    return embed_split(parts.model, test, batch_size=cfg.data.eval_batch_size, num_workers=cfg.data.num_workers)
+    """The test split through the current encoder + pooler; with several processes each embeds every N-th image
+    and every rank gets the whole split back, in order."""
+    world = parts.world
+    if world.size == 1:
+        return embed_split(parts.model, test, batch_size=cfg.data.eval_batch_size, num_workers=cfg.data.num_workers)
+    mine = np.arange(world.rank, len(test), world.size)
+    shard = Split(test.name, [test.paths[i] for i in mine], test.labels[mine], test.class_names)
+    res = embed_split(parts.model, shard, batch_size=cfg.data.eval_batch_size, num_workers=cfg.data.num_workers) \
+        if len(mine) else None
+    gathered = distributed.gather_objects((mine, None if res is None else res.embeddings,
+                                           0.0 if res is None else res.images_per_s))
+    order = np.concatenate([ids for ids, _, _ in gathered])
+    embeddings = np.concatenate([e for _, e, _ in gathered if e is not None])[np.argsort(order)]
+    return EmbedResult(embeddings, test.labels, [str(p) for p in test.paths], sum(r for _, _, r in gathered))
 
 
 def evaluate_test_split(parts: Parts, test: Split, cfg: TrainConfig) -> dict[str, float]:
     """Zero-shot retrieval metrics of the current encoder + pooler on the test split (docs/method.md, "Protocol")."""
     res = embed_test_split(parts, test, cfg)
     return evaluate(res.embeddings, res.labels, seed=cfg.seed)
+
+
+def _prepare_run_dir(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, world: World,
+                     stack: ExitStack) -> None:
+    """Rank 0 takes the folder's lock for the run (held by `stack`), clears it for a new run (or refuses to) and
+    writes the config and environment; every rank learns whether that failed, so none goes on alone."""
+    error = None
+    if world.is_main:
+        try:
+            stack.enter_context(RunLock(run_dir))  # only now is the run folder written to
+            if not resume:
+                clear_for_new_run(run_dir, overwrite)
+            dump_config(cfg, run_dir / "config.yaml")
+            env = {**environment(), "world_size": world.size, "launcher": world.launcher}
+            (run_dir / "environment.json").write_text(json.dumps(env, indent=2) + "\n")
+        except (OSError, SagaError) as e:
+            error = e
+    error = distributed.broadcast(error)
+    if error is not None:
+        raise error
+
+
+def _neighbour_table(cfg: TrainConfig, parts: Parts, split: Split, run_dir: Path, resuming: bool) -> np.ndarray | None:
+    """The nearest-class table of `dml.neighbour_classes`: read back on resume (the very same batches as before the
+    interruption), else computed by rank 0 from the initial encoder, written, and shared with every rank."""
+    if not cfg.dml.neighbour_classes:
+        return None
+    table, k = run_dir / NEIGHBOURS, cfg.dml.neighbour_classes
+    if resuming and table.exists():
+        return _read_neighbours(table, split, k)
+    neighbours = None
+    if parts.world.is_main:  # before a checkpoint's weights are loaded: the initial encoder
+        neighbours = class_neighbours(parts.encoder, parts.preprocessor, split, k=k,
+                                      batch_size=cfg.data.eval_batch_size)
+        _write_neighbours(table, split, neighbours)
+    return distributed.broadcast(neighbours)
 
 
 def train(cfg: TrainConfig, resume: bool = False, *, overwrite: bool = False,
@@ -152,28 +211,23 @@ def train(cfg: TrainConfig, resume: bool = False, *, overwrite: bool = False,
     raised there stops the run as a crash would (used by the tests).
     """
     run_dir = Path(cfg.out_dir)
-    data = check_inputs(cfg)
+    world = distributed.init(cfg.device)
+    data = check_inputs(cfg, world)
     candidates = _resume_candidates(cfg, run_dir) if resume else []
-    seed_everything(cfg.seed)  # pooler initialisation draws from torch's global generator
-    parts = build_parts(cfg, data.train, resolve_device(cfg.device))  # loading checks the weights too
-    with RunLock(run_dir):  # only now is the run folder written to
-        if not resume:
-            clear_for_new_run(run_dir, overwrite)
-        dump_config(cfg, run_dir / "config.yaml")
-        (run_dir / "environment.json").write_text(json.dumps(environment(), indent=2) + "\n")
-        neighbours = None
-        if cfg.dml.neighbour_classes:
-            table = run_dir / NEIGHBOURS
-            if candidates and table.exists():  # read back: the very same batches as before the interruption
-                neighbours = _read_neighbours(table, data.train, cfg.dml.neighbour_classes)
-            else:  # from the initial encoder: before a checkpoint's weights are loaded
-                neighbours = class_neighbours(parts.encoder, parts.preprocessor, data.train,
-                                              k=cfg.dml.neighbour_classes, batch_size=cfg.data.eval_batch_size)
-                _write_neighbours(table, data.train, neighbours)
+    seed_everything(cfg.seed)  # pooler initialisation draws from torch's global generator: the same on every rank
+    parts = build_parts(cfg, data.train, world.device, world)  # loading checks the weights too
+    with ExitStack() as stack:
+        _prepare_run_dir(cfg, run_dir, resume, overwrite, world, stack)
+        neighbours = _neighbour_table(cfg, parts, data.train, run_dir, resuming=bool(candidates))
         state = _restore(candidates, parts) if candidates else {"step": 0}
         start, steps = state["step"], 0 if cfg.eval_only else cfg.optim.steps
+        if candidates and state.get("world_size", 1) != world.size and world.is_main:
+            log.warning("%s: resuming a run of %d process(es) on %d: the batches are the same, each step's pairs "
+                        "and rollouts are not those an uninterrupted run would have had", run_dir,
+                        state.get("world_size", 1), world.size)
 
-        logger = RunLogger(run_dir, resume_step=start if candidates else None, final_step=steps)
+        logger = RunLogger(run_dir, resume_step=start if candidates else None, final_step=steps,
+                           enabled=world.is_main)
         try:
             if not cfg.eval_only:
                 if cfg.eval_every and start == 0:  # the starting point, for the curves
@@ -183,14 +237,17 @@ def train(cfg: TrainConfig, resume: bool = False, *, overwrite: bool = False,
                          evaluate=lambda: evaluate_test_split(parts, data.test, cfg),
                          skipped=state.get("skipped_steps", 0))
             final = embed_test_split(parts, data.test, cfg)
-            metrics = evaluate(final.embeddings, final.labels, seed=cfg.seed)
+            metrics = distributed.broadcast(evaluate(final.embeddings, final.labels, seed=cfg.seed)
+                                            if world.is_main else None)
             logger.log(steps, {f"test/{k}": v for k, v in metrics.items()})
         finally:
             logger.close()
-        (run_dir / "test_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        export = parts.model.save_pretrained(run_dir / "export", run={
-            "method": cfg.method, "dataset": cfg.data.dataset, "steps": steps, "test_metrics": metrics,
-            "config": to_dict(cfg)})
-        save_embeddings(run_dir / TEST_EMBEDDINGS, final, model=str(export), kind="model",
-                        image_size=cfg.data.image_size)
+        if world.is_main:
+            (run_dir / "test_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            export = parts.model.save_pretrained(run_dir / "export", run={
+                "method": cfg.method, "dataset": cfg.data.dataset, "steps": steps, "test_metrics": metrics,
+                "config": to_dict(cfg)})
+            save_embeddings(run_dir / TEST_EMBEDDINGS, final, model=str(export), kind="model",
+                            image_size=cfg.data.image_size)
+        distributed.barrier()
     return {"test_metrics": metrics, "run_dir": str(run_dir), "steps": steps}

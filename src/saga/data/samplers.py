@@ -21,39 +21,17 @@ from torch.utils.data import Sampler
 from saga.errors import ConfigError
 
 
-class _RankedBatchSampler(Sampler):
-    """Seed, epoch and the rank's share of `num_batches` global batches (dropping the remainder of W)."""
-
-    def __init__(self, labels: ArrayLike, num_batches: int, *, rank: int, world_size: int, seed: int) -> None:
-        self.labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is not in [0, {world_size})")
-        self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, 0
-        self.num_global = num_batches - num_batches % world_size
-        if self.num_global == 0:
-            raise ConfigError(f"{len(self.labels)} images give {num_batches} batches per epoch, fewer than the "
-                              f"{world_size} rank(s): use smaller batches or more data")
-        _, self._class_of, self._class_sizes = np.unique(self.labels, return_inverse=True, return_counts=True)
-        self._members = np.argsort(self._class_of, kind="stable")  # image ids grouped by class
-        self._class_start = np.concatenate([[0], np.cumsum(self._class_sizes)[:-1]])
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_global // self.world_size
-
-    def _class_members(self, c: int) -> np.ndarray:
-        return self._members[self._class_start[c]: self._class_start[c] + self._class_sizes[c]]
-
-
-class MPerClassSampler(_RankedBatchSampler):
+class MPerClassSampler(Sampler):
     """Batches of `batch_size // m` classes with m images each (Proxy Anchor / Potential Field batches).
 
     Classes are balanced: each batch takes the classes used least so far this epoch (ties broken at random), so
     over an epoch every class appears equally often, +-1. Images are drawn without replacement inside a batch;
     a class with fewer than m images contributes all of them plus draws with replacement. An epoch is
-    len(labels) // batch_size global batches (about one pass over the images), batch_size being per rank.
+    len(labels) // batch_size batches (about one pass over the images).
+
+    batch_size is the global batch. With `world_size` W > 1 every rank builds the same global stream and yields its
+    share of each batch: whole classes, `batch_size // m // W` of them (rank r the r-th block), so the W shards of
+    a batch are exactly the single-process batch (saga.train.distributed).
 
     neighbours: optional (C, k) table of each class's nearest classes (`nearest_classes`; class indexes in sorted
     label order). Each least-used class then brings one of its k neighbours (at random among those not yet in the
@@ -66,16 +44,40 @@ class MPerClassSampler(_RankedBatchSampler):
                  seed: int = 0, neighbours: np.ndarray | None = None) -> None:
         if m < 1 or batch_size < 1 or batch_size % m != 0:
             raise ConfigError(f"batch_size ({batch_size}) must be a positive multiple of m ({m})")
-        labels = np.asarray(labels)
-        super().__init__(labels, len(labels) // batch_size, rank=rank, world_size=world_size, seed=seed)
-        self.m, self.batch_size = m, batch_size
-        self.classes_per_batch = batch_size // m
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size})")
+        self.labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        self.m, self.batch_size, self.classes_per_batch = m, batch_size, batch_size // m
+        self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, 0
+        if self.classes_per_batch % world_size:
+            raise ConfigError(f"a batch of {self.classes_per_batch} classes (dml.batch_size / dml.m_per_class) does "
+                              f"not split into whole classes over {world_size} processes")
+        self.num_global = len(self.labels) // batch_size
+        if self.num_global == 0:
+            raise ConfigError(f"{len(self.labels)} images are fewer than one batch of {batch_size}")
+        _, self._class_of, self._class_sizes = np.unique(self.labels, return_inverse=True, return_counts=True)
+        self._members = np.argsort(self._class_of, kind="stable")  # image ids grouped by class
+        self._class_start = np.concatenate([[0], np.cumsum(self._class_sizes)[:-1]])
         if self.classes_per_batch > len(self._class_sizes):
             raise ConfigError(f"batch_size {batch_size} with m {m} needs {self.classes_per_batch} classes per "
                               f"batch; the labels have {len(self._class_sizes)}")
         if neighbours is not None and (neighbours.ndim != 2 or len(neighbours) != len(self._class_sizes)):
             raise ValueError(f"neighbours must be (classes={len(self._class_sizes)}, k), got {neighbours.shape}")
         self.neighbours = neighbours
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_global
+
+    def _class_members(self, c: int) -> np.ndarray:
+        return self._members[self._class_start[c]: self._class_start[c] + self._class_sizes[c]]
+
+    def shard(self, batch: list[int]) -> list[int]:
+        """This rank's share of a global batch (which is class-major: m images per class, in order)."""
+        size = len(batch) // self.world_size
+        return batch[self.rank * size:(self.rank + 1) * size]
 
     def _draw(self, c: int, rng: np.random.Generator) -> np.ndarray:
         members = self._class_members(c)
@@ -112,7 +114,7 @@ class MPerClassSampler(_RankedBatchSampler):
         return chosen
 
     def __iter__(self) -> Iterator[list[int]]:
-        yield from self.global_batches()[self.rank:: self.world_size]
+        yield from map(self.shard, self.global_batches())
 
 
 def nearest_classes(embeddings: np.ndarray, labels: ArrayLike, k: int) -> np.ndarray:

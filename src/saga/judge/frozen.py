@@ -6,15 +6,23 @@ attention targets (`score(..., attention_layers=...)`); `teacher_forced` makes g
 by `requires_grad=False` on every parameter, never by writing through `.data`, so autograd still carries gradient
 through the judge into its inputs.
 
-Mode (docs/method.md, "The judge"): gradient checkpointing only runs on modules in train mode, and a frozen LLM in eval
-mode keeps every layer's activations for the backward pass. With checkpointing on, the judge is kept in train mode
-(Qwen-VL's attention dropout is 0, so its outputs do not change); without it, in eval mode. `rollout` switches to
-eval mode for `generate` only.
+Mode (docs/method.md, "The judge"): gradient checkpointing only runs on modules in train mode, and a frozen LLM
+in eval mode keeps every layer's activations for the backward pass. With checkpointing on, the judge is kept in
+train mode (Qwen-VL's attention dropout is 0, so its outputs do not change); without it, in eval mode. `rollout`
+switches to eval mode for `generate` only.
+
+A judge larger than one GPU (`model.judge_sharding: fsdp`, `shard`): its language-model layers are sharded over
+the data-parallel processes with FSDP2; embeddings, lm_head and the vision tower stay whole on every rank (lm_head
+is called outside the model's forward, chunk by chunk, a number of times that differs between ranks). A sharded
+layer's forward is a collective, so every rank must run as many forwards: scoring runs one forward and one backward
+per rank; decoding runs until every rank's completions are done (`generate(synced_gpus=True)`), with the layers
+kept gathered while it decodes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -38,6 +46,7 @@ class FrozenJudge:
         self.model = model.requires_grad_(False)
         self.processor = processor
         self.dataset = dataset
+        self.sharded = False
         self.gradient_checkpointing = gradient_checkpointing
         if gradient_checkpointing:
             enable_activation_checkpointing(model)
@@ -67,12 +76,47 @@ class FrozenJudge:
             raise RuntimeError(f"the judge must stay frozen, but {len(trainable)} parameters require grad: "
                                f"{trainable[:5]}")
 
+    def shard(self, device: torch.device) -> None:
+        """Shard the language-model layers over the process group (FSDP2) and move the judge to `device`: each
+        rank then holds 1/N of the layers' weights (see the module docstring)."""
+        import torch.distributed as dist
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+            raise RuntimeError("sharding the judge needs several processes: launch with torchrun or accelerate")
+        mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+        for layer in self.layers():
+            fully_shard(layer, mesh=mesh)
+        self.model.to(device)
+        self.sharded = True
+
+    def layers(self) -> nn.ModuleList:
+        return self.model.model.language_model.layers
+
+    @contextmanager
+    def _gathered(self) -> Iterator[None]:
+        """While decoding, keep a sharded judge's layers gathered after their first forward (one all-gather per
+        layer for the whole rollout instead of one per decoded token); reshard afterwards."""
+        if not self.sharded:
+            yield
+            return
+        for layer in self.layers():
+            layer.set_reshard_after_forward(False)
+        try:
+            yield
+        finally:
+            for layer in self.layers():
+                layer.reshard()
+                layer.set_reshard_after_forward(True)
+
     def rollout(self, enc_out: EncoderOutput, *, num_generations: int = 8, max_new_tokens: int = 128,
                 temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None) -> Rollout:
         """G sampled completions per pair of `enc_out` (2P images a0, b0, a1, b1, ...); see `saga.judge.rollout`."""
-        return rollouts.rollout(self.model, self.processor, enc_out, dataset=self.dataset,
-                                num_generations=num_generations, max_new_tokens=max_new_tokens,
-                                temperature=temperature, top_p=top_p, seed=seed)
+        with self._gathered():
+            return rollouts.rollout(self.model, self.processor, enc_out, dataset=self.dataset,
+                                    num_generations=num_generations, max_new_tokens=max_new_tokens,
+                                    temperature=temperature, top_p=top_p, seed=seed, synced=self.sharded)
 
     def teacher_forced(self, enc_out: EncoderOutput, answers: Sequence[str]) -> Rollout:
         """Given answers, one per pair of `enc_out`, as a Rollout to `score`; see `saga.judge.rollout`."""

@@ -146,14 +146,15 @@ def detached(enc_out: EncoderOutput) -> EncoderOutput:
 
 def rollout(model: nn.Module, processor, enc_out: EncoderOutput, *, dataset: str = "synth", num_generations: int = 8,
             max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0,
-            seed: int | None = None) -> Rollout:
+            seed: int | None = None, synced: bool = False) -> Rollout:
     """Sample `num_generations` completions from `model` (the judge) for each pair of `enc_out` (2P images ordered
     a0, b0, a1, b1, ...), prompted for `dataset` (`prompts.pair_prompt`).
 
     Sampling is plain temperature + nucleus sampling: top_k and repetition penalties that a checkpoint's generation
     config may set are switched off, so completions come from the judge's own distribution (GRPO samples from the
     policy it scores, docs/method.md, "L_GRPO"). With `seed`, the result is reproducible and the global RNG state
-    is left as it was.
+    is left as it was. synced: decode until every process's completions are done (a judge sharded over the
+    processes, whose every forward is a collective).
     """
     tokenizer = processor.tokenizer
     device = next(model.parameters()).device
@@ -170,6 +171,7 @@ def rollout(model: nn.Module, processor, enc_out: EncoderOutput, *, dataset: str
         # Non-finite logits (a broken judge, an overflow) must not crash sampling: the step's log-probs are then
         # non-finite too, and the training loop skips the step and says so (saga.train.loop).
         remove_invalid_values=True,
+        synced_gpus=synced,
     )
     # Generation needs no activations for backward; in train mode a checkpointed model would also drop the KV
     # cache (transformers turns use_cache off under gradient checkpointing).

@@ -31,11 +31,12 @@ from saga.models import ImagePreprocessor, MeanPooler, RetrievalModel, VisionEnc
 
 class StepBatches:
     """batch(step) -> image ids of the split: the step-indexed stream of m-per-class batches (with `neighbours`,
-    each class paired with a near one: `MPerClassSampler`)."""
+    each class paired with a near one: `MPerClassSampler`); with world_size > 1, this rank's share of each."""
 
     def __init__(self, labels: np.ndarray, *, m: int, batch_size: int, seed: int,
-                 neighbours: np.ndarray | None = None) -> None:
-        self.sampler = MPerClassSampler(labels, m, batch_size, seed=seed, neighbours=neighbours)
+                 neighbours: np.ndarray | None = None, rank: int = 0, world_size: int = 1) -> None:
+        self.sampler = MPerClassSampler(labels, m, batch_size, seed=seed, neighbours=neighbours, rank=rank,
+                                        world_size=world_size)
         self._epoch: int | None = None
         self._batches: list[list[int]] = []
 
@@ -44,7 +45,7 @@ class StepBatches:
         if epoch != self._epoch:  # one epoch's stream is built at once; keep it for its E steps
             self.sampler.set_epoch(epoch)
             self._batches, self._epoch = self.sampler.global_batches(), epoch
-        return self._batches[index]
+        return self.sampler.shard(self._batches[index])
 
     def steps(self, start: int, stop: int) -> Iterator[list[int]]:
         """The batches of steps start..stop-1 (a DataLoader `batch_sampler`)."""
@@ -80,9 +81,10 @@ class Pairs:
         return [i for pair in zip(self.a, self.b, strict=True) for i in pair]
 
 
-def step_rng(seed: int, step: int, stream: int) -> np.random.Generator:
-    """An independent generator for (seed, step, stream): reproducible without saved state."""
-    return np.random.default_rng([seed, step, stream])
+def step_rng(seed: int, step: int, stream: int, rank: int = 0) -> np.random.Generator:
+    """An independent generator for (seed, step, stream) and, in data-parallel training, the rank: reproducible
+    without saved state. Rank 0 draws what a single process draws."""
+    return np.random.default_rng([seed, step, stream] + ([rank] if rank else []))
 
 
 def _anchors(pool: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:

@@ -37,10 +37,14 @@ def _truncate_after(path: Path, step: int, final_step: int | None = None) -> Non
 
 class RunLogger:
     """Append-only logs of one run; `resume_step` = the step a resumed run continues after (None: a new run);
-    `final_step` = the step the final evaluation is logged at."""
+    `final_step` = the step the final evaluation is logged at. A disabled logger (data-parallel ranks other than 0)
+    writes nothing."""
 
-    def __init__(self, run_dir: str | Path, resume_step: int | None = None, final_step: int | None = None) -> None:
-        self.run_dir = Path(run_dir)
+    def __init__(self, run_dir: str | Path, resume_step: int | None = None, final_step: int | None = None, *,
+                 enabled: bool = True) -> None:
+        self.run_dir, self.enabled = Path(run_dir), enabled
+        if not enabled:
+            return
         if resume_step is not None:
             for name in (METRICS, COMPLETIONS):
                 _truncate_after(self.run_dir / name, resume_step, final_step)
@@ -49,6 +53,8 @@ class RunLogger:
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         """One metrics.jsonl line and one TensorBoard scalar per metric (non-finite values are kept as null)."""
+        if not self.enabled:
+            return
         clean = {k: (v if math.isfinite(v) else None) for k, v in metrics.items()}
         with (self.run_dir / METRICS).open("a") as f:
             f.write(json.dumps({"step": step, **clean}) + "\n")
@@ -58,6 +64,8 @@ class RunLogger:
 
     def completions(self, step: int, rows: list[dict]) -> None:
         """Sample completions of one step: completions.jsonl rows and a markdown table in TensorBoard."""
+        if not self.enabled:
+            return
         with (self.run_dir / COMPLETIONS).open("a") as f:
             for row in rows:
                 f.write(json.dumps({"step": step, **row}) + "\n")
@@ -67,4 +75,5 @@ class RunLogger:
         self.writer.add_text("completions", header + body, step)
 
     def close(self) -> None:
-        self.writer.close()
+        if self.enabled:
+            self.writer.close()

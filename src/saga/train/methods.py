@@ -27,6 +27,7 @@ from saga.judge.prompts import attribute_reward, format_comparison, verdict_rewa
 from saga.losses import LossTerms, answer_nll, attention_kl, group_advantages, grpo_loss
 from saga.registry import Registry
 from saga.train.batches import mine_pairs, step_rng
+from saga.train.distributed import gather_batch
 
 if TYPE_CHECKING:
     from saga.train.setup import Parts
@@ -54,7 +55,8 @@ class StepResult:
 
 def dml_step(parts: Parts, cfg: TrainConfig, batch: Batch, step: int) -> StepResult:
     """Baseline: encoder -> pooler (mean) -> Proxy Anchor / Potential Field (docs/method.md, L_DML)."""
-    return StepResult({"dml": parts.dml_loss(parts.model(**batch.inputs).embedding, batch.labels)})
+    out = parts.model(**batch.inputs)
+    return StepResult({"dml": parts.dml_loss(*gather_batch(out.embedding, batch.labels))})
 
 
 def saga_step(parts: Parts, cfg: TrainConfig, batch: Batch, step: int) -> StepResult:
@@ -63,19 +65,22 @@ def saga_step(parts: Parts, cfg: TrainConfig, batch: Batch, step: int) -> StepRe
     # 1. The tower runs once per image. Its tokens feed the pooler (-> L_DML) and, for the pairs, the judge.
     out = parts.model(**batch.inputs)
     enc_out, mask = out.features, out.mask
-    dml = parts.dml_loss(out.embedding, batch.labels)
+    dml = parts.dml_loss(*gather_batch(out.embedding, batch.labels))  # the global batch (saga.train.distributed)
 
     # 2. P pairs from this batch: half same class, half different, part of those the hardest in-batch negatives
-    #    under the current (detached) embeddings (saga.train.batches explains why in-batch).
-    pairs = mine_pairs(out.embedding, batch.labels, num_pairs=g.pairs_per_step, same_fraction=g.same_fraction,
-                       hard_negative_fraction=g.hard_negative_fraction, rng=step_rng(cfg.seed, step, 0))
+    #    under the current (detached) embeddings (saga.train.batches explains why in-batch). Data-parallel: each
+    #    rank mines its share of the P pairs from its share of the batch.
+    rank = parts.world.rank
+    pairs = mine_pairs(out.embedding, batch.labels, num_pairs=g.pairs_per_step // parts.world.size,
+                       same_fraction=g.same_fraction, hard_negative_fraction=g.hard_negative_fraction,
+                       rng=step_rng(cfg.seed, step, 0, rank))
     order = pairs.interleaved()
     pair_out = enc_out.take(order)  # a0, b0, a1, b1, ...; indexing, not a second tower pass
 
     # 3. G completions per pair from the frozen judge, sampled from the detached tokens (the sampling itself is
     #    not differentiated; GRPO differentiates the log-probs of the sampled tokens, docs/method.md, "L_GRPO").
     #    Reward 1 for a correct same/different verdict, else 0 (docs/method.md).
-    sampling_seed = int(step_rng(cfg.seed, step, 1).integers(2**31))  # a function of (seed, step): resumable
+    sampling_seed = int(step_rng(cfg.seed, step, 1, rank).integers(2**31))  # a function of (seed, step): resumable
     rollout = judge.rollout(pair_out, num_generations=g.num_generations, max_new_tokens=g.max_completion_length,
                             temperature=g.temperature, top_p=g.top_p, seed=sampling_seed)
     if bool(rollout.clipped.all()):  # the silent failure: no verdict anywhere, every reward 0, no GRPO signal

@@ -21,6 +21,7 @@ from saga.judge import FrozenJudge
 from saga.losses import ProxyLoss, build_dml_loss
 from saga.models import (ImagePreprocessor, RetrievalModel, VisionEncoder, build_pooler,
                          enable_activation_checkpointing, load_processor)
+from saga.train.distributed import World
 from saga.train.methods import METHODS
 from saga.utils import resolve_dtype
 
@@ -49,6 +50,7 @@ class Parts:
     processor: object  # the judge's (or the backbone's) processor: tokenizer, chat template, image processor
     judge: FrozenJudge | None = None
     reference: VisionEncoder | None = None  # frozen copy of the initial encoder, for GRPO's k3 KL (beta > 0)
+    world: World = World()  # this process's rank among the data-parallel processes (saga.train.distributed)
 
     @property
     def encoder(self) -> VisionEncoder:
@@ -92,16 +94,19 @@ def lr_factor(step: int, warmup_steps: int) -> float:
     return min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
 
 
-def build_parts(cfg: TrainConfig, train_split: Split, device: torch.device) -> Parts:
+def build_parts(cfg: TrainConfig, train_split: Split, device: torch.device, world: World = World()) -> Parts:
     """Load the judge (a method that reads it) or only the tower, then build pooler, loss and optimizer on
-    `device`."""
+    `device`. world: this process among the data-parallel processes (every rank builds the same parts)."""
     method = METHODS.get(cfg.method)
     if not cfg.model.judge and (method.needs_judge or cfg.model.backbone is None):
         raise ConfigError("model.judge is not set: give the judge's hub id or local directory")
     enc_dtype = resolve_dtype(cfg.model.encoder_dtype, device)
     judge = None
+    sharded = cfg.model.judge_sharding == "fsdp"
     if method.needs_judge:
-        judge = FrozenJudge.load(cfg.model.judge, device=str(device), dtype=cfg.model.dtype,
+        # A judge to shard is loaded on the CPU and sharded before it reaches the GPU (it may not fit there whole).
+        judge = FrozenJudge.load(cfg.model.judge, device="cpu" if sharded else str(device),
+                                 dtype=resolve_dtype(cfg.model.dtype, device),
                                  attn_implementation=cfg.model.attn_implementation,
                                  gradient_checkpointing=cfg.model.gradient_checkpointing,
                                  trust_remote_code=cfg.model.trust_remote_code, dataset=cfg.data.dataset)
@@ -116,6 +121,8 @@ def build_parts(cfg: TrainConfig, train_split: Split, device: torch.device) -> P
     encoder.to(device).train()
     if judge is not None:
         _check_compatible(encoder, judge.model)
+        if sharded:  # after the encoder copied the judge's tower
+            judge.shard(device)
     if cfg.model.encoder_gradient_checkpointing:
         enable_activation_checkpointing(encoder.tower)
 
@@ -136,7 +143,7 @@ def build_parts(cfg: TrainConfig, train_split: Split, device: torch.device) -> P
         # GRPO's KL anchor is the initial policy (docs/method.md, L_GRPO); here the policy is the encoder.
         reference = copy.deepcopy(encoder).requires_grad_(False).eval()
     model = RetrievalModel(encoder, pooler, ImagePreprocessor(processor, cfg.data.image_size))
-    parts = Parts(model, dml_loss, optimizer, processor, judge, reference)
+    parts = Parts(model, dml_loss, optimizer, processor, judge, reference, world)
     assert_frozen_judge(parts)
     return parts
 
