@@ -63,6 +63,10 @@ class GRPOConfig:
     max_completion_length: int = _f(64, "completion tokens sampled at most")
     temperature: float = _f(1.0, "sampling temperature of the rollouts; L_GRPO scores them at it too (TRL)")
     top_p: float = _f(1.0, "nucleus sampling threshold of the rollouts")
+    cache: str = _f("auto", "rollout KV cache: static (fixed shapes, decoding compiled on CUDA), dynamic, or auto "
+                            "(static on CUDA, dynamic on CPU)")
+    shared_prefix: bool = _f(True, "read each pair's prompt once for its G completions, in rollouts and scoring "
+                                   "(Qwen3-VL judges, sdpa or eager attention); false: a copy per completion")
     scale_rewards: str = _f("group", "advantage scaling: group, batch or none (Dr. GRPO)")
     loss_type: str = _f("grpo", "token aggregation: grpo, bnpo, dr_grpo or dapo")
     beta: float = _f(0.0, "weight of the k3 KL to the initial encoder (0: no reference pass)")
@@ -260,6 +264,7 @@ def config_from_dict(data: dict, src: str) -> TrainConfig:
 CHOICES: dict[str, tuple[str, ...]] = {
     "grpo.scale_rewards": ("group", "batch", "none"),
     "grpo.loss_type": ("grpo", "bnpo", "dr_grpo", "dapo"),
+    "grpo.cache": ("auto", "static", "dynamic"),
     "attention.direction": ("forward", "reverse"),
 }
 
