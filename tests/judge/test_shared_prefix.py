@@ -210,7 +210,8 @@ def test_packed_layout(judge):
     lp, lengths = r.prompt_length, r.completion_mask.sum(1)
     p = pack(judge.model, r.input_ids, r.attention_mask, r.completion_mask, lp, r.pair_of, grid,
              judge.tokenizer.pad_token_id)
-    assert p.input_ids.shape == (2, lp + max(lengths[:3].sum(), lengths[3:].sum()))
+    length = lp + max(lengths[:3].sum(), lengths[3:].sum())
+    assert p.input_ids.shape == (2, length + -length % 16)  # padded to a multiple of 16
     allowed = p.attention_mask[:, 0] == 0
     for n in range(6):
         pair, cols = n // 3, p.columns[n, :lengths[n]]

@@ -31,6 +31,9 @@ import torch
 from torch import Tensor, nn
 
 
+ALIGN = 16  # packed rows padded to a multiple of this: the mask's rows then suit the fused attention kernels
+
+
 def supports_shared_prefix(model: nn.Module) -> bool:
     text = model.config.text_config
     return model.config.model_type == "qwen3_vl" and text._attn_implementation in ("sdpa", "eager")
@@ -83,6 +86,7 @@ def pack(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, completion
     lengths = completion_mask.sum(1).view(num_pairs, group)
     starts = (prompt_length + lengths.cumsum(1) - lengths).flatten()  # (N,) first column of each completion
     length = prompt_length + int(lengths.sum(1).max())
+    length += -length % ALIGN
     step = torch.arange(width, device=device)
     columns = (starts[:, None] + step).clamp(max=length - 1)
     rows = pair_of[:, None].expand(n, width)
