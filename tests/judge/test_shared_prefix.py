@@ -111,17 +111,25 @@ def test_static_cache_gives_the_dynamic_greedy_completions(judge, peaked, featur
 
 
 def test_compiled_step_is_one_graph_and_a_failing_compiler_falls_back(peaked, features, monkeypatch):
-    """The decoding step traces as one graph (fullgraph, the static cache's fixed shapes; the eager backend stands
-    in for the GPU's inductor + CUDA graphs), with the uncompiled results; a compiler error only warns."""
+    """The decoding step traces as one graph (fullgraph, the static cache's fixed shapes), compiled once for every
+    step of every rollout of the same shapes (a plain backend stands in for the GPU's inductor + CUDA graphs), with
+    the uncompiled results; a compiler error only warns."""
+    graphs = []
+
+    def backend(graph, example_inputs):
+        graphs.append(graph)
+        return graph.forward
+
     monkeypatch.setattr(decoding, "COMPILE_DEVICES", ("cpu",))
-    monkeypatch.setattr(decoding, "COMPILE_OPTIONS", {"backend": "eager", "fullgraph": True, "dynamic": False})
+    monkeypatch.setattr(decoding, "COMPILE_OPTIONS", {"backend": backend, "fullgraph": True, "dynamic": False})
     model = peaked.model
     static = _with(peaked, cache="static")
     expected = _rollout(_with(peaked, cache="dynamic"), features)
     decoding._COMPILED.pop(model, None)
     try:
-        assert torch.equal(_rollout(static, features).completion_ids, expected.completion_ids)
-        assert decoding._COMPILED[model] is not decoding._decode_step
+        for _ in range(2):
+            assert torch.equal(_rollout(static, features).completion_ids, expected.completion_ids)
+        assert len(graphs) == 1 and decoding._COMPILED[model] is not decoding._decode_step
 
         def broken(*args):
             raise RuntimeError("no compiler here")
