@@ -234,9 +234,18 @@ def test_packed_layout(judge):
         assert torch.equal(positions[0], p.position_ids[:, pair, :lp].max() + 1 + torch.arange(len(cols)))
 
 
-def test_judge_settings_are_checked(tiny_vlm_dir):
-    judge = FrozenJudge.load(tiny_vlm_dir, device="cpu", shared_prefix=False, cache="static")
+def test_judge_settings_come_from_the_config_and_are_checked(tiny_config):
+    """grpo.shared_prefix and grpo.cache reach the judge a training run builds; an unknown cache is an error."""
+    from saga.data import load_dataset
+    from saga.errors import ConfigError
+    from saga.train.setup import build_parts
+
+    cfg = tiny_config("saga", "grpo.shared_prefix=false", "grpo.cache=static")
+    judge = build_parts(cfg, load_dataset("synth", cfg.data.root).train, torch.device("cpu")).judge
     assert (judge.shared_prefix, judge.cache) == (False, "static")
+    assert (tiny_config().grpo.shared_prefix, tiny_config().grpo.cache) == (True, "auto")  # the defaults
+    with pytest.raises(ConfigError, match="grpo.cache: 'paged' is not one of"):
+        tiny_config("saga", "grpo.cache=paged")
     with pytest.raises(ValueError, match="cache 'paged'"):
         FrozenJudge(judge.model, judge.processor, cache="paged")
     assert decoding.resolve_cache("auto", torch.device("cpu")) == "dynamic"
