@@ -10,7 +10,7 @@
 #   step8b   bench/step.py at the Qwen3-VL-8B geometry (random weights; P 8, G 8, 448 px, 128 tokens, bf16 judge,
 #            fp32 tower) in one process: the shared path warmed up (compiled static-cache decoding), the
 #            per-completion path (dynamic cache: what saga train ran before) and the naive path once, then the
-#            agreement checks -> step8b.json, step8b.log
+#            agreement checks -> step8b.json (rewritten after each of those stages: `completed`), step8b.log
 #   tiny     saga train, the SAGA preset with the shipped tiny judge (configs/synth/saga.yaml), 30 steps on CUDA on
 #            a small rendered world -> tiny_metrics.jsonl, tiny.log
 #   agff     hook: bench/agff_cost.py if that file exists (another branch), and nothing else -> agff.log
@@ -98,7 +98,7 @@ if step.is_file():
     r = json.loads(step.read_text())
     s = r["shared"]
     summary["step8b"] = {
-        "gpu": r["hardware"]["name"], "git_commit": r["environment"]["git_commit"],
+        "completed": r["completed"], "gpu": r["hardware"]["name"], "git_commit": r["environment"]["git_commit"],
         "versions": {k: r["environment"]["versions"][k] for k in ("torch", "transformers")},
         "step_s": s["step_s"], "pairs_per_s": s["pairs_per_s"], "phases_s": s["phases_s"],
         "decode_step_s": s["decode"]["step_s"], "decode_ratio_to_bound": s["decode"]["ratio_to_bound"],

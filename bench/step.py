@@ -459,40 +459,51 @@ def main(argv: list[str] | None = None) -> dict:
     tic = time.perf_counter()
     b = build(args)
     device = b.judge.device
+    hw = hardware(device, args)
     shared = Timer(device)
+    fast = naive_timer = agree = None
+
+    def write(done: str) -> dict:
+        """The result so far (`completed`: the stages done), written to --out after each stage, so that a run
+        stopped by a time limit still leaves what it measured."""
+        result = {
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": shlex.join(["python", "bench/step.py", *(sys.argv[1:] if argv is None else argv)]),
+            "environment": {**environment(), "git_commit": commit()},
+            "hardware": hw,
+            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "model": {"parameters": parameter_counts(b.judge.model), "judge_dtype": str(b.judge.model.dtype),
+                      "sequences": len(rollout.texts), "prompt_length": rollout.prompt_length,
+                      "image_tokens": b.inputs["image_grid_thw"][0].prod().item() // b.encoder.merge_size**2},
+            **report(b, hw, shared, rollout, fast, naive_timer, agree),
+            "completed": done,
+            "wall_s": time.perf_counter() - tic,
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        }
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"[{result['wall_s']:.0f} s] {done} done", file=sys.stderr, flush=True)
+        return result
+
     for i in range(args.warmup + args.repeats):
         rollout, _ = run_step(b, b.judge, shared if i >= args.warmup else Timer(device))
-    fast = None
+    write("shared")
     if args.fast:
         timer = Timer(device)
         for i in range(1 + args.fast_repeats):
             fast_rollout, _ = run_step(b, b.per_completion, timer if i else Timer(device))
         fast = (timer, fast_rollout)
-    naive_timer = None
+        write("fast")
     if args.naive:
         naive_timer = Timer(device)
         for _ in range(args.naive_repeats):
             naive_step(b, naive_timer, rollout)
-    agree = agreement(b, args.naive) if args.agreement else None
-    hw = hardware(device, args)
-    result = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": shlex.join(["python", "bench/step.py", *(sys.argv[1:] if argv is None else argv)]),
-        "environment": {**environment(), "git_commit": commit()},
-        "hardware": hw,
-        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "model": {"parameters": parameter_counts(b.judge.model), "judge_dtype": str(b.judge.model.dtype),
-                  "sequences": len(rollout.texts), "prompt_length": rollout.prompt_length,
-                  "image_tokens": b.inputs["image_grid_thw"][0].prod().item() // b.encoder.merge_size**2},
-        **report(b, hw, shared, rollout, fast, naive_timer, agree),
-        "wall_s": time.perf_counter() - tic,
-        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-    }
-    text = json.dumps(result, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(text)
+        write("naive")
+    if args.agreement:
+        agree = agreement(b, args.naive)
+    result = write("all")
+    print(json.dumps(result, indent=2))
     e = result["estimate"]
     note = "" if e["settings_match_preset"] else "; NOT the preset's geometry, so not its estimate"
     print(f"{e['preset']}: {e['steps']:,} steps x {e['step_s']:.2f} s = {e['hours']:.1f} h per SAGA run (training "

@@ -20,8 +20,9 @@ def test_tiny_step_on_cpu_reports_every_field_and_the_paths_agree(step, tmp_path
                         "--naive", "--naive-repeats", "1", "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     assert {"date", "command", "environment", "hardware", "settings", "model", "shared", "fast", "naive",
-            "speedup_vs_fast", "speedup_vs_naive", "agreement", "estimate", "targets", "met", "wall_s",
+            "speedup_vs_fast", "speedup_vs_naive", "agreement", "estimate", "targets", "met", "completed", "wall_s",
             "peak_rss_gib"} <= result.keys()
+    assert result["completed"] == "all"
     for path in ("shared", "fast"):
         figures = result[path]
         assert set(figures["phases_s"]) == {"encoder_forward", "rollout", "prefill", "scoring_no_attention",
