@@ -6,7 +6,9 @@ attention, which materialises every (L x L) map of every layer; at 8B scale that
 hooks on a few layers' self-attention recompute softmax(q k^T / sqrt(d)) for only the needed query rows against all
 keys, from the module's own projections (after the per-head q/k RMSNorm and RoPE; GQA: query head h reads key head
 h // groups, as transformers' repeat_kv does), with the causal and padding masks. The model keeps its sdpa (or flash)
-attention, and nothing here carries gradient.
+attention, and nothing here carries gradient. With a shared prefix (`saga.judge.prefix`) a pair's prompt and its G
+completions are one packed row: each completion's query rows then read the prompt's keys and its own keys from that
+row (`keys`, `rows`), so its attention is the one it has in its own sequence [prompt | completion].
 
 Query rows ("verdict tokens"): the tokens of the completion's final line that contains "Answer" (the prompt asks
 for "Answer: same/different"; the token that predicts the verdict word is in it), or of its last non-empty line if

@@ -20,8 +20,8 @@ together with Qwen3-VL's rope state, and the cache classes and their argument's 
 `cache`: "dynamic" attends over the tokens so far (the shapes grow each step), uncompiled. "static" keeps fixed
 shapes (max_new_tokens slots, masked beyond the current one), so on CUDA the step is compiled with CUDA graphs
 (torch.compile, "reduce-overhead"): one graph replay per token instead of a few hundred kernel launches, which is
-what bounds decoding at batch 64 (docs/method.md, "The judge"). CUDA graphs read fixed addresses, so the buffers
-are kept between rollouts of the same shapes. On a CPU, "static" runs the same step uncompiled. "auto": static on
+what bounds decoding at batch 64 (docs/method.md, "The judge"); the first rollout pays the compilation. CUDA graphs
+read fixed addresses, so the buffers are kept between rollouts of the same shapes (new shapes compile again). On a CPU, "static" runs the same step uncompiled. "auto": static on
 CUDA, dynamic elsewhere. If compilation fails, a warning says so and decoding continues uncompiled.
 """
 

@@ -3,9 +3,14 @@
 docs/design.md, "One SAGA step": `judge.score(tokens, completions)` gives the per-token log-probs of L_GRPO
 (gradient into the image tokens) and, from the same forward pass, the attention target of L_KL (no gradient).
 
-- Gradient path: the judge's parameters are frozen; the encoder's per-image tokens and DeepStack features, shared by
-  the G completions of a pair by indexing (`EncoderOutput.take`: the tower ran once per image), are the only inputs
-  that require grad. The judge reads them through `saga.models.vision_inputs`.
+- Gradient path: the judge's parameters are frozen; the encoder's per-image tokens and DeepStack features are the
+  only inputs that require grad (the tower ran once per image). The judge reads them through
+  `saga.models.vision_inputs`.
+- The prompt once per pair (`shared_prefix`, `saga.judge.prefix`): one packed row per pair holds its prompt and its
+  G completions under a block mask, so each prompt is read once and every completion's gradient reaches the image
+  tokens through attention. The attention hooks then read each completion's query rows against the prompt's keys
+  and its own keys in that row. The reference path gives each completion its own copy of the prompt (the image
+  features shared by indexing, `EncoderOutput.take`).
 - Log-softmax only over completion positions (docs/design.md, "Speed rules"): the language model returns hidden
   states, only the rows that predict completion tokens go through lm_head, in chunks under activation
   checkpointing, so the (rows x vocabulary) logits never exist for the whole batch at once (8,192 rows x 151,936
