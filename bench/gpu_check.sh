@@ -53,9 +53,10 @@ setup() {
 }
 
 step8b() {
-    timeout --signal=INT --kill-after=20 "$(left "$STEP8B_SECONDS")" "$PY" bench/step.py --model 8b --pairs 8 --generations 8 \
-        --image-size 448 --max-new-tokens 128 --device cuda --dtype bfloat16 --cache auto --warmup 1 --repeats 2 \
-        --fast --fast-cache dynamic --naive --naive-repeats 1 --out "$OUT/step8b.json" > "$OUT/step8b.log" 2>&1 \
+    timeout --signal=INT --kill-after=20 "$(left "$STEP8B_SECONDS")" "$PY" bench/step.py --model 8b --pairs 8 \
+        --generations 8 --image-size 448 --max-new-tokens 128 --device cuda --dtype bfloat16 --cache auto \
+        --warmup 1 --repeats 2 --fast --fast-cache dynamic --naive --naive-repeats 1 --out "$OUT/step8b.json" \
+        > "$OUT/step8b.log" 2>&1 \
         || echo "step8b failed or ran out of time (rc $?): see step8b.log"
     tail -n 3 "$OUT/step8b.log"
 }
@@ -67,9 +68,10 @@ tiny() {
     "$PY" -c "import sys; from saga.synth.generate import world_complete; sys.exit(not world_complete('$world'))" \
         || "$PY" -m saga.cli synth --out "$world" --classes 48 --images-per-class 12 --size 128 >> "$OUT/tiny.log" 2>&1
     rm -rf "$run"
-    timeout --signal=INT --kill-after=20 "$(left "$TINY_SECONDS")" "$PY" -m saga.cli train --config configs/synth/saga.yaml \
-        "device=${TINY_DEVICE:-cuda}" "data.root=$world" "out_dir=$run" "optim.steps=${TINY_STEPS:-30}" log_every=1 \
-        eval_every=0 checkpoint_every=0 grpo.log_completions_every=0 >> "$OUT/tiny.log" 2>&1 || rc=$?
+    timeout --signal=INT --kill-after=20 "$(left "$TINY_SECONDS")" "$PY" -m saga.cli train \
+        --config configs/synth/saga.yaml "device=${TINY_DEVICE:-cuda}" "data.root=$world" "out_dir=$run" \
+        "optim.steps=${TINY_STEPS:-30}" log_every=1 eval_every=0 checkpoint_every=0 grpo.log_completions_every=0 \
+        >> "$OUT/tiny.log" 2>&1 || rc=$?
     cp "$run/metrics.jsonl" "$OUT/tiny_metrics.jsonl" 2>/dev/null || true
     [ "$rc" -eq 0 ] || echo "tiny failed or ran out of time (rc $rc): see tiny.log"
 }
