@@ -15,7 +15,7 @@ $(BIN)/saga: pyproject.toml
 
 venv: $(BIN)/saga
 
-# For the lent GPU machine (bench/gpu_session.sh): wheels of the dependencies its image lacks, carried in .whl/.
+# For the lent GPU machine (bench/gpu_check.sh): wheels of the dependencies its image lacks, carried in .whl/.
 wheels: $(BIN)/saga
 	$(BIN)/python -m pip download -q --no-deps -d .whl pytorch-metric-learning
 

@@ -69,6 +69,10 @@ class GRPOConfig:
     max_completion_length: int = _f(64, "completion tokens sampled at most", ge=1)
     temperature: float = _f(1.0, "sampling temperature of the rollouts; L_GRPO scores them at it too (TRL)", gt=0)
     top_p: float = _f(1.0, "nucleus sampling threshold of the rollouts", gt=0, le=1)
+    cache: str = _f("auto", "rollout KV cache: static (fixed shapes, decoding compiled on CUDA), dynamic, or auto "
+                            "(static on CUDA, dynamic on CPU)")
+    shared_prefix: bool = _f(True, "read each pair's prompt once for its G completions, in rollouts and scoring "
+                                   "(Qwen3-VL judges, sdpa or eager attention); false: a copy per completion")
     scale_rewards: str = _f("group", "advantage scaling: group, batch or none (Dr. GRPO)")
     loss_type: str = _f("grpo", "token aggregation: grpo, bnpo, dr_grpo or dapo")
     beta: float = _f(0.0, "weight of the k3 KL to the initial encoder (0: no reference pass)", ge=0)
@@ -296,6 +300,7 @@ def config_from_dict(data: dict, src: str) -> TrainConfig:
 CHOICES: dict[str, tuple[str, ...]] = {
     "grpo.scale_rewards": ("group", "batch", "none"),
     "grpo.loss_type": ("grpo", "bnpo", "dr_grpo", "dapo"),
+    "grpo.cache": ("auto", "static", "dynamic"),
     "attention.direction": ("forward", "reverse"),
     "model.judge_sharding": ("none", "fsdp"),
 }

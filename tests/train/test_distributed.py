@@ -21,11 +21,11 @@ from safetensors.torch import load_file
 
 from saga.app.run import train
 from saga.config import load_config
-from saga.data import ImageDataset, load_dataset
+from saga.data import load_dataset
 from saga.train import build_parts
 from saga.train.batches import StepBatches
 from saga.train.distributed import World, gather_batch
-from saga.train.methods import Batch, saga_step
+from saga.train.methods import saga_step
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE.parents[1] / "configs"

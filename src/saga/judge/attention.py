@@ -6,7 +6,9 @@ attention, which materialises every (L x L) map of every layer; at 8B scale that
 hooks on a few layers' self-attention recompute softmax(q k^T / sqrt(d)) for only the needed query rows against all
 keys, from the module's own projections (after the per-head q/k RMSNorm and RoPE; GQA: query head h reads key head
 h // groups, as transformers' repeat_kv does), with the causal and padding masks. The model keeps its sdpa (or flash)
-attention, and nothing here carries gradient.
+attention, and nothing here carries gradient. With a shared prefix (`saga.judge.prefix`) a pair's prompt and its G
+completions are one packed row: each completion's query rows then read the prompt's keys and its own keys from that
+row (`keys`, `rows`), so its attention is the one it has in its own sequence [prompt | completion].
 
 Query rows ("verdict tokens"): the tokens of the completion's final line that contains "Answer" (the prompt asks
 for "Answer: same/different"; the token that predicts the verdict word is in it), or of its last non-empty line if
@@ -75,28 +77,42 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos[:, None] + rotated * sin[:, None]
 
 
-def query_attention(attn: nn.Module, hidden: Tensor, cos: Tensor, sin: Tensor, queries: Tensor,
-                    allowed: Tensor) -> Tensor:
-    """Head-averaged attention probabilities of rows `queries` against all keys, for one self-attention module.
+def project_keys(attn: nn.Module, hidden: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """The keys one self-attention module forms from its input: (B, kv_heads, L, head_dim), after the per-head
+    k-norm (Qwen3; Qwen2.5 has none) and RoPE, as the module itself computes them."""
+    b, length, _ = hidden.shape
+    k = attn.k_proj(hidden).view(b, length, -1, attn.head_dim)
+    if hasattr(attn, "k_norm"):
+        k = attn.k_norm(k)
+    return _rotate(k.transpose(1, 2), cos, sin)
 
-    hidden: (N, L, D) the module's input; cos, sin: its position embeddings (N, L, head_dim); queries: (N, Q)
-    positions; allowed: (N, Q, L) bool, which keys each query may see. Returns (N, Q, L) float32.
+
+def query_attention(attn: nn.Module, hidden: Tensor, cos: Tensor, sin: Tensor, queries: Tensor,
+                    allowed: Tensor, *, keys: Tensor | None = None, rows: Tensor | None = None) -> Tensor:
+    """Head-averaged attention probabilities of rows `queries` against keys, for one self-attention module.
+
+    hidden: (B, L, D) the module's input; cos, sin: its position embeddings (B, L, head_dim). Output row n reads
+    batch row rows[n] (default: row n, N = B): queries (N, Q) are its query positions, keys (N, K) its key
+    positions (default: all L), allowed (N, Q, K) bool which keys each query may see. Several output rows may read
+    one batch row: a packed sequence holding a shared prompt and several completions (`saga.judge.scoring`).
+    Returns (N, Q, K) float32.
     """
-    n, length, _ = hidden.shape
+    b = hidden.shape[0]
+    rows = torch.arange(b, device=hidden.device) if rows is None else rows
+    n, num_queries = queries.shape
     head_dim = attn.head_dim
-    take = queries[..., None]
-    q = attn.q_proj(hidden.gather(1, take.expand(-1, -1, hidden.shape[-1]))).view(n, queries.shape[1], -1, head_dim)
-    k = attn.k_proj(hidden).view(n, length, -1, head_dim)
+    at = (rows[:, None], queries)
+    q = attn.q_proj(hidden[at]).view(n, num_queries, -1, head_dim)
     if hasattr(attn, "q_norm"):  # Qwen3 normalises each head's q and k before RoPE; Qwen2.5 does not
-        q, k = attn.q_norm(q), attn.k_norm(k)
-    at_queries = take.expand(-1, -1, head_dim)
-    q = _rotate(q.transpose(1, 2), cos.gather(1, at_queries), sin.gather(1, at_queries))
-    k = _rotate(k.transpose(1, 2), cos, sin)
+        q = attn.q_norm(q)
+    q = _rotate(q.transpose(1, 2), cos[at], sin[at])
+    k = project_keys(attn, hidden, cos, sin)  # (B, kv_heads, L, d)
+    k = k[rows] if keys is None else k.transpose(1, 2)[rows[:, None], keys].transpose(1, 2)
     heads, kv_heads = q.shape[1], k.shape[1]
     # GQA without repeating keys: query heads kv*g .. kv*g+g-1 share key head kv.
-    grouped = q.reshape(n, kv_heads, heads // kv_heads * queries.shape[1], head_dim)
+    grouped = q.reshape(n, kv_heads, heads // kv_heads * num_queries, head_dim)
     scores = (grouped.float() @ k.float().transpose(-1, -2)) * attn.scaling
-    scores = scores.view(n, heads, queries.shape[1], length).masked_fill(~allowed[:, None], float("-inf"))
+    scores = scores.view(n, heads, num_queries, k.shape[2]).masked_fill(~allowed[:, None], float("-inf"))
     return scores.softmax(-1).mean(1)
 
 
@@ -104,20 +120,23 @@ class AttentionCapture:
     """While active (`with`), record `query_attention` rows of the chosen LLM layers during a forward pass.
 
     layers: indexes into the language model's layers (negative counts from the end). queries: (N, Q) positions,
-    padded with any valid position (the caller masks padded rows out). key_mask: (N, L) bool, True at real tokens.
-    After the forward, `rows` maps each layer index (non-negative) to (N, Q, L) float32.
+    padded with any valid position (the caller masks padded rows out). key_mask: (N, K) bool, True at real tokens.
+    keys: (N, K) the key positions of each row (default: all L positions, K = L); rows: (N,) the batch row each
+    output row reads (default: row n); see `query_attention`. A query sees the real keys at or before its
+    position. After the forward, `rows` maps each layer index (non-negative) to (N, Q, K) float32.
 
     Leave the block before `backward`: with gradient checkpointing the layers run again during backward, and the
     hooks must not fire then.
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[int], queries: Tensor, key_mask: Tensor) -> None:
+    def __init__(self, model: nn.Module, layers: Sequence[int], queries: Tensor, key_mask: Tensor, *,
+                 keys: Tensor | None = None, rows: Tensor | None = None) -> None:
         decoder = model.model.language_model.layers
         self.layers = sorted({range(len(decoder))[i] for i in layers})  # IndexError for an index out of range
         self.modules = {i: decoder[i].self_attn for i in self.layers}
-        self.queries = queries
-        positions = torch.arange(key_mask.shape[1], device=key_mask.device)
-        self.allowed = key_mask[:, None, :].bool() & (positions[None, None, :] <= queries[..., None])  # causal
+        self.queries, self.keys, self.batch_rows = queries, keys, rows
+        positions = torch.arange(key_mask.shape[1], device=key_mask.device)[None] if keys is None else keys
+        self.allowed = key_mask[:, None, :].bool() & (positions[:, None, :] <= queries[..., None])  # causal
         self.rows: dict[int, Tensor] = {}
         self._handles: list = []
 
@@ -137,12 +156,13 @@ class AttentionCapture:
             hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
             cos, sin = kwargs["position_embeddings"] if "position_embeddings" in kwargs else args[1]
             with torch.no_grad():
-                self.rows[layer] = query_attention(module, hidden.detach(), cos, sin, self.queries, self.allowed)
+                self.rows[layer] = query_attention(module, hidden.detach(), cos, sin, self.queries, self.allowed,
+                                                   keys=self.keys, rows=self.batch_rows)
 
         return hook
 
     def mean_rows(self, query_mask: Tensor) -> Tensor:
-        """(N, L): the rows averaged over layers and over the real query rows (query_mask (N, Q) bool)."""
+        """(N, K): the rows averaged over layers and over the real query rows (query_mask (N, Q) bool)."""
         missing = set(self.layers) - set(self.rows)
         if missing:
             raise RuntimeError(f"attention hooks on layers {sorted(missing)} did not fire during the forward pass")

@@ -9,14 +9,15 @@ through the judge into its inputs.
 Mode (docs/method.md, "The judge"): gradient checkpointing only runs on modules in train mode, and a frozen LLM
 in eval mode keeps every layer's activations for the backward pass. With checkpointing on, the judge is kept in
 train mode (Qwen-VL's attention dropout is 0, so its outputs do not change); without it, in eval mode. `rollout`
-switches to eval mode for `generate` only.
+switches to eval mode for decoding only.
 
 A judge larger than one GPU (`model.judge_sharding: fsdp`, `shard`): its language-model layers are sharded over
 the data-parallel processes with FSDP2; embeddings, lm_head and the vision tower stay whole on every rank (lm_head
 is called outside the model's forward, chunk by chunk, a number of times that differs between ranks). A sharded
 layer's forward is a collective, so every rank must run as many forwards: scoring runs one forward and one backward
-per rank; decoding runs until every rank's completions are done (`generate(synced_gpus=True)`), with the layers
-kept gathered while it decodes.
+per rank (shared prefix or not); decoding goes through `generate(synced_gpus=True)`, which runs until every rank's
+completions are done, with the layers kept gathered while it decodes (the shared-prefix decoding loop calls the
+layers' modules directly, which a sharded layer does not allow).
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from saga.judge import decoding, scoring
 from saga.judge import rollout as rollouts
-from saga.judge import scoring
 from saga.judge.rollout import Rollout
 from saga.judge.scoring import Scores
 from saga.models import EncoderOutput, enable_activation_checkpointing, load_vlm
@@ -39,13 +40,19 @@ class FrozenJudge:
     """A frozen Qwen-VL judge. Not an nn.Module on purpose: its parameters never reach an optimizer.
 
     dataset: the dataset name that picks the prompt's subject (`saga.judge.prompts.pair_prompt`).
+    shared_prefix: each pair's prompt read once for its G completions, in rollouts and scoring (`saga.judge.prefix`);
+    False: the reference path, every completion with its own copy. cache: the rollouts' KV cache, "static"
+    (decoding compiled on CUDA), "dynamic" or "auto" (static on CUDA); see `saga.judge.decoding`.
     """
 
     def __init__(self, model: nn.Module, processor, *, gradient_checkpointing: bool = False,
-                 dataset: str = "synth") -> None:
+                 dataset: str = "synth", shared_prefix: bool = True, cache: str = "auto") -> None:
         self.model = model.requires_grad_(False)
         self.processor = processor
         self.dataset = dataset
+        self.shared_prefix = shared_prefix
+        decoding.resolve_cache(cache, self.device)  # a ValueError for an unknown name, now rather than mid-run
+        self.cache = cache
         self.sharded = False
         self.gradient_checkpointing = gradient_checkpointing
         if gradient_checkpointing:
@@ -55,11 +62,13 @@ class FrozenJudge:
     @classmethod
     def load(cls, id_or_path: str | Path, *, device: str = "auto", dtype: str | torch.dtype = "auto",
              attn_implementation: str = "sdpa", gradient_checkpointing: bool = False,
-             trust_remote_code: bool = False, dataset: str = "synth") -> FrozenJudge:
+             trust_remote_code: bool = False, dataset: str = "synth", shared_prefix: bool = True,
+             cache: str = "auto") -> FrozenJudge:
         """Load a Qwen3-VL / Qwen2.5-VL checkpoint (hub id or directory) as a frozen judge (see `load_vlm`)."""
         model, processor = load_vlm(id_or_path, device=device, dtype=dtype, attn_implementation=attn_implementation,
                                     trust_remote_code=trust_remote_code)
-        return cls(model, processor, gradient_checkpointing=gradient_checkpointing, dataset=dataset)
+        return cls(model, processor, gradient_checkpointing=gradient_checkpointing, dataset=dataset,
+                   shared_prefix=shared_prefix, cache=cache)
 
     @property
     def tokenizer(self):
@@ -116,7 +125,9 @@ class FrozenJudge:
         with self._gathered():
             return rollouts.rollout(self.model, self.processor, enc_out, dataset=self.dataset,
                                     num_generations=num_generations, max_new_tokens=max_new_tokens,
-                                    temperature=temperature, top_p=top_p, seed=seed, synced=self.sharded)
+                                    temperature=temperature, top_p=top_p, seed=seed,
+                                    shared_prefix=self.shared_prefix and not self.sharded, cache=self.cache,
+                                    synced=self.sharded)
 
     def teacher_forced(self, enc_out: EncoderOutput, answers: Sequence[str]) -> Rollout:
         """Given answers, one per pair of `enc_out`, as a Rollout to `score`; see `saga.judge.rollout`."""
@@ -127,4 +138,4 @@ class FrozenJudge:
         """Teacher-forced log-probs of `rollout`'s completions (+ attention targets) under the sampling
         temperature; see `saga.judge.scoring`."""
         return scoring.score(self.model, self.tokenizer, enc_out, rollout, attention_layers=attention_layers,
-                             temperature=temperature)
+                             temperature=temperature, shared_prefix=self.shared_prefix)

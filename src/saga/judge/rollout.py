@@ -2,8 +2,10 @@
 
 docs/design.md, "One SAGA step": `judge.rollout(tokens.detach(), G)`. What keeps it fast at 8B scale:
 
-- one `generate` call for all P pairs x G completions (decoding at batch 8 is far from the memory-bandwidth limit,
+- one decoding batch for all P pairs x G completions (decoding at batch 8 is far from the memory-bandwidth limit,
   docs/method.md, "The judge", so a larger batch is nearly free);
+- each pair's prompt prefilled once and shared by its G completions, and decoding compiled on CUDA
+  (`saga.judge.decoding`; the reference path, one `generate` over P x G prompts, is kept: `shared_prefix=False`);
 - the vision tower never runs here: the encoder's per-image outputs are shared by the G completions of a pair by
   indexing (`EncoderOutput.take`), and the judge reads them through `saga.models.vision_inputs`;
 - the image tokens are detached: sampling needs no gradient, `score` re-reads them with gradient.
@@ -22,6 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from saga.judge import decoding
+from saga.judge.prefix import supports_shared_prefix
 from saga.judge.prompts import pair_messages, parse_verdict
 from saga.models import EncoderOutput, vision_inputs, vision_token_ids
 
@@ -145,48 +149,69 @@ def detached(enc_out: EncoderOutput) -> EncoderOutput:
 
 
 def rollout(model: nn.Module, processor, enc_out: EncoderOutput, *, dataset: str = "synth", num_generations: int = 8,
-            max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0,
-            seed: int | None = None, synced: bool = False) -> Rollout:
+            max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
+            shared_prefix: bool = True, cache: str = "auto", synced: bool = False) -> Rollout:
     """Sample `num_generations` completions from `model` (the judge) for each pair of `enc_out` (2P images ordered
     a0, b0, a1, b1, ...), prompted for `dataset` (`prompts.pair_prompt`).
 
     Sampling is plain temperature + nucleus sampling: top_k and repetition penalties that a checkpoint's generation
     config may set are switched off, so completions come from the judge's own distribution (GRPO samples from the
     policy it scores, docs/method.md, "L_GRPO"). With `seed`, the result is reproducible and the global RNG state
-    is left as it was. synced: decode until every process's completions are done (a judge sharded over the
-    processes, whose every forward is a collective).
+    is left as it was.
+
+    shared_prefix: prefill each pair's prompt once and decode its G completions against it (`saga.judge.decoding`;
+    judges that do not support it take the other path); False: one `generate` over P x G copies of the prompts (the
+    reference path). Both sample from the same distributions, and a seed gives the same completions up to float
+    rounding. cache: the KV cache of the decoding, "static" (fixed shapes: compiled decoding on CUDA), "dynamic" or
+    "auto" (static on CUDA, dynamic elsewhere); on the reference path it is generate's cache_implementation.
+    synced (reference path): decode until every process's completions are done, for a judge sharded over the
+    processes, whose every forward is a collective.
     """
     tokenizer = processor.tokenizer
     device = next(model.parameters()).device
+    cache = decoding.resolve_cache(cache, device)
     prompt = prompt_batch(processor, enc_out.grid_thw, dataset=dataset)
-    pair_of = torch.arange(len(prompt["input_ids"])).repeat_interleave(num_generations)
-    features = detached(enc_out).take(pair_feature_indices(pair_of))
-    input_ids = prompt["input_ids"].to(device)[pair_of.to(device)]
-    attention_mask = prompt["attention_mask"].to(device)[pair_of.to(device)]
     stop_ids = stop_token_ids(tokenizer)
-    generation = dict(
-        do_sample=True, temperature=temperature, top_p=top_p, top_k=0, repetition_penalty=1.0,
-        max_new_tokens=max_new_tokens, eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id,
-        suppress_tokens=vision_token_ids(tokenizer),  # a sampled <|image_pad|> breaks the re-forward (docs/method.md)
-        # Non-finite logits (a broken judge, an overflow) must not crash sampling: the step's log-probs are then
-        # non-finite too, and the training loop skips the step and says so (saga.train.loop).
-        remove_invalid_values=True,
-        synced_gpus=synced,
-    )
-    # Generation needs no activations for backward; in train mode a checkpointed model would also drop the KV
+    suppress = vision_token_ids(tokenizer)  # a sampled <|image_pad|> breaks the re-forward (docs/method.md)
+    # Decoding needs no activations for backward; in train mode a checkpointed model would also drop the KV
     # cache (transformers turns use_cache off under gradient checkpointing).
     was_training = model.training
     model.eval()
     try:
-        with (torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
-              vision_inputs(model, features) as extra):
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             if seed is not None:
                 torch.manual_seed(seed)
-            sequences = model.generate(
-                input_ids=input_ids, attention_mask=attention_mask,
-                mm_token_type_ids=(input_ids == model.config.image_token_id).int(),
-                image_grid_thw=features.grid_thw.to(device), **extra, **generation,
-            )
+            if shared_prefix and supports_shared_prefix(model):
+                completions = decoding.sample(
+                    model, prompt["input_ids"].to(device), prompt["attention_mask"].to(device), detached(enc_out),
+                    num_generations=num_generations, max_new_tokens=max_new_tokens, temperature=temperature,
+                    top_p=top_p, stop_ids=stop_ids, pad_token_id=tokenizer.pad_token_id, suppress_ids=suppress,
+                    cache=cache)
+            else:
+                completions = _generate(model, prompt, enc_out, num_generations, cache, {
+                    "do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0,
+                    "repetition_penalty": 1.0, "max_new_tokens": max_new_tokens, "eos_token_id": stop_ids,
+                    "pad_token_id": tokenizer.pad_token_id, "suppress_tokens": suppress,
+                    # Non-finite logits (a broken judge, an overflow) must not crash sampling: the step's log-probs
+                    # are then non-finite too, and the training loop skips the step and says so (saga.train.loop).
+                    "remove_invalid_values": True, "synced_gpus": synced})
     finally:
         model.train(was_training)
-    return assemble(tokenizer, prompt, sequences[:, input_ids.shape[1]:], num_generations)
+    return assemble(tokenizer, prompt, completions, num_generations)
+
+
+def _generate(model: nn.Module, prompt: dict[str, Tensor], enc_out: EncoderOutput, num_generations: int, cache: str,
+              generation: dict) -> Tensor:
+    """The reference path: one `generate` over every pair's prompt repeated G times, the image features shared by
+    indexing. On CUDA a static cache makes transformers compile the decoding steps."""
+    device = next(model.parameters()).device
+    pair_of = torch.arange(len(prompt["input_ids"])).repeat_interleave(num_generations)
+    features = detached(enc_out).take(pair_feature_indices(pair_of))
+    input_ids = prompt["input_ids"].to(device)[pair_of.to(device)]
+    with vision_inputs(model, features) as extra:
+        sequences = model.generate(
+            input_ids=input_ids, attention_mask=prompt["attention_mask"].to(device)[pair_of.to(device)],
+            mm_token_type_ids=(input_ids == model.config.image_token_id).int(),
+            image_grid_thw=features.grid_thw.to(device), cache_implementation=cache, **extra, **generation,
+        )
+    return sequences[:, input_ids.shape[1]:]

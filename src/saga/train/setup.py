@@ -109,7 +109,8 @@ def build_parts(cfg: TrainConfig, train_split: Split, device: torch.device, worl
                                  dtype=resolve_dtype(cfg.model.dtype, device),
                                  attn_implementation=cfg.model.attn_implementation,
                                  gradient_checkpointing=cfg.model.gradient_checkpointing,
-                                 trust_remote_code=cfg.model.trust_remote_code, dataset=cfg.data.dataset)
+                                 trust_remote_code=cfg.model.trust_remote_code, dataset=cfg.data.dataset,
+                                 shared_prefix=cfg.grpo.shared_prefix, cache=cfg.grpo.cache)
         processor = judge.processor  # the judge reads the encoder's tokens: same patch grid as its own tower
     else:
         processor = load_processor(cfg.model.backbone or cfg.model.judge, trust_remote_code=cfg.model.trust_remote_code)
