@@ -5,7 +5,7 @@ from PIL import Image
 
 from saga.judge import FrozenJudge
 from saga.judge.attention import AttentionCapture, verdict_line_span, verdict_token_mask
-from saga.judge.rollout import assemble, pair_feature_indices, prompt_batch
+from saga.judge.rollout import answer_token_ids, assemble, pair_feature_indices, prompt_batch
 from saga.models import VisionEncoder, load_vlm, vision_inputs
 
 
@@ -31,12 +31,8 @@ def test_verdict_line_span_of_blank_text_is_none():
 
 def _rollout(judge, texts, grid, num_generations):
     """A Rollout of the given completion texts (each ended by <|im_end|>, right-padded) for the pairs of grid."""
-    tok = judge.tokenizer
-    end = tok.convert_tokens_to_ids("<|im_end|>")
-    encoded = [tok.encode(t) + [end] for t in texts]
-    width = max(map(len, encoded))
-    completions = torch.tensor([e + [tok.pad_token_id] * (width - len(e)) for e in encoded])
-    return assemble(tok, prompt_batch(judge.processor, grid), completions, num_generations)
+    completions = answer_token_ids(judge.tokenizer, texts)
+    return assemble(judge.tokenizer, prompt_batch(judge.processor, grid), completions, num_generations)
 
 
 def test_verdict_tokens_are_the_final_answer_line(judge):

@@ -8,7 +8,7 @@ from PIL import Image
 
 from saga.judge import FrozenJudge, decoding
 from saga.judge.prefix import pack
-from saga.judge.rollout import assemble, prompt_batch
+from saga.judge.rollout import answer_token_ids, assemble, prompt_batch
 from saga.models import VisionEncoder
 
 SIZES = [64, 96, 64, 64]  # two pairs whose prompts differ in length: left padding
@@ -144,12 +144,8 @@ def test_compiled_step_is_one_graph_and_a_failing_compiler_falls_back(peaked, fe
 
 def _forced(judge, grid, texts, num_generations):
     """A rollout of the given completion texts (each ended by <|im_end|>, right-padded), G per pair."""
-    tok = judge.tokenizer
-    end = tok.convert_tokens_to_ids("<|im_end|>")
-    encoded = [tok.encode(t) + [end] for t in texts]
-    width = max(map(len, encoded))
-    completions = torch.tensor([e + [tok.pad_token_id] * (width - len(e)) for e in encoded])
-    return assemble(tok, prompt_batch(judge.processor, grid), completions, num_generations)
+    completions = answer_token_ids(judge.tokenizer, texts)
+    return assemble(judge.tokenizer, prompt_batch(judge.processor, grid), completions, num_generations)
 
 
 TEXTS = ["wing: red / blue\nAnswer: same", "crest: tall", "Answer: different", "body: red / red\nbill: long / short",
