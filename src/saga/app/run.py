@@ -33,13 +33,13 @@ from saga.config import TrainConfig, config_from_dict, dump_config, to_dict
 from saga.data import DatasetSplits, load_dataset
 from saga.data.base import Split
 from saga.data.samplers import MPerClassSampler
-from saga.errors import CheckpointError, ConfigError, SagaError
+from saga.errors import CheckpointError, ConfigError
 from saga.eval import evaluate
 from saga.models import EmbedResult, check_checkpoint, embed_split, save_embeddings
 from saga.train import distributed
 from saga.train.batches import class_neighbours
 from saga.train.checkpoint import complete_checkpoints, config_differences, load_checkpoint, read_state
-from saga.train.distributed import World, barrier
+from saga.train.distributed import World
 from saga.train.logger import RunLogger
 from saga.train.loop import run_loop
 from saga.train.methods import METHODS
@@ -59,9 +59,8 @@ def check_inputs(cfg: TrainConfig, world: World = World()) -> DatasetSplits:
     if cfg.data.dataset == "synth":
         from saga.synth.generate import ensure_world, world_complete
 
-        if world.is_main and not world_complete(cfg.data.root):
-            ensure_world(cfg.data.root)  # `saga synth --out ROOT`, the defaults the synthetic presets name
-        barrier()
+        if not world_complete(cfg.data.root):  # `saga synth --out ROOT`: the defaults the synthetic presets name
+            distributed.on_main(lambda: ensure_world(cfg.data.root))
     if cfg.grpo.pairs_per_step % world.size and METHODS.get(cfg.method).needs_judge:
         raise ConfigError(f"grpo.pairs_per_step={cfg.grpo.pairs_per_step} does not split over {world.size} "
                           "processes: each mines an equal share")
@@ -169,20 +168,15 @@ def _prepare_run_dir(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: b
                      stack: ExitStack) -> None:
     """Rank 0 takes the folder's lock for the run (held by `stack`), clears it for a new run (or refuses to) and
     writes the config and environment; every rank learns whether that failed, so none goes on alone."""
-    error = None
-    if world.is_main:
-        try:
-            stack.enter_context(RunLock(run_dir))  # only now is the run folder written to
-            if not resume:
-                clear_for_new_run(run_dir, overwrite)
-            dump_config(cfg, run_dir / "config.yaml")
-            env = {**environment(), "world_size": world.size, "launcher": world.launcher}
-            (run_dir / "environment.json").write_text(json.dumps(env, indent=2) + "\n")
-        except (OSError, SagaError) as e:
-            error = e
-    error = distributed.broadcast(error)
-    if error is not None:
-        raise error
+    def prepare() -> None:
+        stack.enter_context(RunLock(run_dir))  # only now is the run folder written to
+        if not resume:
+            clear_for_new_run(run_dir, overwrite)
+        dump_config(cfg, run_dir / "config.yaml")
+        env = {**environment(), "world_size": world.size, "launcher": world.launcher}
+        (run_dir / "environment.json").write_text(json.dumps(env, indent=2) + "\n")
+
+    distributed.on_main(prepare)
 
 
 def _neighbour_table(cfg: TrainConfig, parts: Parts, split: Split, run_dir: Path, resuming: bool) -> np.ndarray | None:
@@ -193,12 +187,13 @@ def _neighbour_table(cfg: TrainConfig, parts: Parts, split: Split, run_dir: Path
     table, k = run_dir / NEIGHBOURS, cfg.dml.neighbour_classes
     if resuming and table.exists():
         return _read_neighbours(table, split, k)
-    neighbours = None
-    if parts.world.is_main:  # before a checkpoint's weights are loaded: the initial encoder
+    def compute() -> np.ndarray:  # before a checkpoint's weights are loaded: the initial encoder
         neighbours = class_neighbours(parts.encoder, parts.preprocessor, split, k=k,
                                       batch_size=cfg.data.eval_batch_size)
         _write_neighbours(table, split, neighbours)
-    return distributed.broadcast(neighbours)
+        return neighbours
+
+    return distributed.on_main(compute)
 
 
 def train(cfg: TrainConfig, resume: bool = False, *, overwrite: bool = False,

@@ -26,12 +26,15 @@ Without the launchers' environment (WORLD_SIZE unset or 1) nothing here initiali
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+from saga.errors import SagaError
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,21 @@ def broadcast(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def on_main(fn: Callable[[], Any]) -> Any:
+    """Run `fn` on rank 0 alone and return its result on every rank. An expected failure there (bad input, a file)
+    is raised on every rank, so that none waits for rank 0 at a later collective."""
+    result, error = None, None
+    if current().is_main:
+        try:
+            result = fn()
+        except (OSError, SagaError) as e:
+            error = e
+    result, error = broadcast((result, error))
+    if error is not None:
+        raise error
+    return result
 
 
 def all_true(flag: bool) -> bool:
