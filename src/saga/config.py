@@ -126,8 +126,8 @@ class AgffConfig:
                                  "vision tower's linear layers")
     train_modules: list[str] = _f(["model.visual"], "trainable=modules: names of the modules trained in full (and "
                                                     "everything under them); the rest of the MLLM is frozen")
-    sequences_per_pass: int = _f(0, "LLM sequences (images x prompts) per forward pass; 0 = the whole batch. With "
-                                    "gradient each pass is recomputed in backward, so memory is one pass's")
+    images_per_pass: int = _f(0, "images (one packed LLM sequence of their K prompts each) per forward pass; 0 = "
+                                 "the whole batch. With gradient each pass is recomputed in backward (memory)")
 
 
 @dataclass

@@ -51,7 +51,7 @@ def environment() -> dict:
 
     versions = {}
     for pkg in ("saga-retrieval", "torch", "transformers", "accelerate", "numpy", "pytorch-metric-learning",
-                "scikit-learn", "faiss-cpu", "safetensors", "pillow"):
+                "scikit-learn", "faiss-cpu", "safetensors", "pillow", "peft"):
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

@@ -12,7 +12,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from saga.errors import CheckpointError, ConfigError
-from saga.models import AdaptiveFusion, AgffModel, load_model
+from saga.models import AdaptiveFusion, AgffModel, ImagePreprocessor, load_model
 
 PROMPTS = ["Summarize the bird in one word.", "Describe its crest.", "Describe its bill."]
 LORA = {"kind": "lora", "rank": 4, "alpha": 8.0, "dropout": 0.0, "targets": ["q_proj", "v_proj", "attn.qkv"]}
@@ -80,19 +80,28 @@ def test_k_prompts_give_k_distinct_embeddings_equal_to_separate_passes(lora_mode
                                    image_grid_thw=grid[b:b + 1], mm_token_type_ids=(ids == vlm.config.image_token_id)
                                    .int()).last_hidden_state[0, -1]
             torch.testing.assert_close(out.prompt_embeddings[b, k], hidden / hidden.norm(), atol=1e-5, rtol=1e-4)
-    # the passes can be split (sequences_per_pass) without changing anything
-    model.sequences_per_pass = 3
+    # images of another size in the same batch (another grid, another packed length, more left padding)
+    larger = ImagePreprocessor(model.processor, 96)(_images(1, seed=2))
+    mixed = {"pixel_values": torch.cat([inputs["pixel_values"], larger["pixel_values"]]),
+             "image_grid_thw": torch.cat([inputs["image_grid_thw"], larger["image_grid_thw"]])}
+    with torch.no_grad():
+        both = model(**mixed).prompt_embeddings
+        alone = model(**larger).prompt_embeddings
+    torch.testing.assert_close(both[:2], out.prompt_embeddings, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(both[2:], alone, atol=1e-5, rtol=1e-4)
+    # the passes can be split (images_per_pass) without changing anything
+    model.images_per_pass = 1
     try:
         with torch.no_grad():
             torch.testing.assert_close(model(**inputs).prompt_embeddings, out.prompt_embeddings)
     finally:
-        model.sequences_per_pass = 0
+        model.images_per_pass = 0
 
 
 @pytest.mark.parametrize("spec", [LORA, MODULES], ids=["lora", "modules"])
 def test_gradients_reach_only_the_named_trainable_parameters(tiny_vlm_dir, spec):
     torch.manual_seed(0)
-    model = AgffModel.build(tiny_vlm_dir, PROMPTS[:2], spec, image_size=64, device="cpu", sequences_per_pass=2)
+    model = AgffModel.build(tiny_vlm_dir, PROMPTS[:2], spec, image_size=64, device="cpu", images_per_pass=2)
     if spec["kind"] == "lora":
         def expected(name):
             return ".lora_A." in name or ".lora_B." in name

@@ -51,7 +51,38 @@ from saga.models.preprocess import ImagePreprocessor
 from saga.models.retrieval import MANIFEST, MODEL_FORMATS, embed_images, write_folder
 
 FORMAT = "saga-agff/1"
-INFERENCE_SEQUENCES = 256  # LLM sequences (images x prompts) per forward pass without gradient
+INFERENCE_IMAGES = 64  # images (one packed LLM sequence each) per forward pass without gradient
+
+
+@dataclass
+class PackedPrompts:
+    """The K prompts of one image as one sequence. ids (L,); positions (3, L) the M-RoPE positions each token has
+    in its own prompt's sequence; segment (L,) 0 for the common prefix, k + 1 for prompt k's tokens; last (K,)
+    where each prompt's last token is."""
+
+    ids: Tensor
+    positions: Tensor
+    segment: Tensor
+    last: Tensor
+
+
+def mrope_positions(ids: Tensor, image_token_id: int, grid_h: int, grid_w: int) -> Tensor:
+    """(3, L) Qwen-VL M-RoPE positions (temporal, height, width) of one sequence with one image of grid_h x grid_w
+    merged tokens: text tokens count up on all three axes; the image's tokens take start + (0, row, column); the
+    text after it resumes at start + max(grid_h, grid_w). The rule of the models' own get_rope_index for a still
+    image."""
+    out, start, i = [], 0, 0
+    is_image = (ids == image_token_id).tolist()
+    while i < len(ids):
+        if is_image[i]:
+            rows = torch.arange(grid_h).repeat_interleave(grid_w)
+            cols = torch.arange(grid_w).repeat(grid_h)
+            out.append(torch.stack([torch.zeros_like(rows), rows, cols]) + start)
+            start, i = start + max(grid_h, grid_w), i + grid_h * grid_w
+        else:
+            out.append(torch.full((3, 1), start))
+            start, i = start + 1, i + 1
+    return torch.cat(out, dim=1)
 
 
 @dataclass
@@ -182,16 +213,19 @@ def checkpoint_fingerprint(path: Path) -> str:
 class AgffModel(nn.Module):
     """An MLLM (Qwen3-VL / Qwen2.5-VL) read under K prompts + the adaptive fusion + the image preprocessing.
 
-    prompts: the K prompt texts, the global one first; each becomes one user turn of the chat template, the image
-    then the text, closed by the assistant prefix, so that the last token is the one that would start the answer
-    (E5-V's prompt-based last-token embedding, arXiv 2407.12580). sequences_per_pass: LLM sequences (images x
-    prompts) per forward pass, 0 = the whole batch; with gradient, each pass is recomputed in the backward
-    (activation checkpointing), so memory holds one pass's activations.
+    prompts: the K prompt texts, the global one first; each is one user turn of the chat template, the image then
+    the text, closed by the assistant prefix, so that the last token is the one that would start the answer
+    (E5-V's prompt-based last-token embedding, arXiv 2407.12580). The K turns of an image share their start (the
+    scaffolding and the image tokens), so the LLM reads them as one packed sequence: the shared part once, then
+    each prompt's own tokens, which attend to the shared part and to themselves only, at the positions they have
+    alone (docs/method.md, "AGFF-Embed"). images_per_pass: images (packed sequences) per LLM forward pass, 0 = the
+    whole batch; with gradient each pass is recomputed in the backward (activation checkpointing), so memory holds
+    one pass's activations.
     """
 
     def __init__(self, vlm: nn.Module, processor, prompts: Sequence[str], fusion: AdaptiveFusion,
                  preprocessor: ImagePreprocessor, *, base: str, fingerprint: str, trainable: dict,
-                 sequences_per_pass: int = 0) -> None:
+                 images_per_pass: int = 0) -> None:
         super().__init__()
         if not prompts:
             raise ConfigError("AGFF-Embed needs at least one prompt (the global one)")
@@ -200,14 +234,14 @@ class AgffModel(nn.Module):
         self.vlm, self.fusion, self.preprocessor = vlm, fusion, preprocessor
         self.processor, self.prompts = processor, list(prompts)
         self.base, self.fingerprint, self.trainable_spec = base, fingerprint, dict(trainable)
-        self.sequences_per_pass = sequences_per_pass
+        self.images_per_pass = images_per_pass
         self.image_token_id = vlm.config.image_token_id
-        self._rows: dict[int, list[Tensor]] = {}
+        self._packed: dict[tuple[int, ...], PackedPrompts] = {}
 
     @classmethod
     def build(cls, base: str | Path, prompts: Sequence[str], trainable: dict, *, image_size: int,
               device: str | torch.device = "cpu", dtype: str | torch.dtype = "auto",
-              gradient_checkpointing: bool = False, sequences_per_pass: int = 0,
+              gradient_checkpointing: bool = False, images_per_pass: int = 0,
               trust_remote_code: bool = False) -> AgffModel:
         """The base checkpoint (hub id or directory) made trainable as `trainable` says (see `apply_trainable`),
         with a fresh fusion. A local base is recorded by its absolute path."""
@@ -220,7 +254,7 @@ class AgffModel(nn.Module):
         reference = str(Path(base).resolve()) if Path(base).is_dir() else str(base)
         return cls(vlm, processor, prompts, fusion, ImagePreprocessor(processor, image_size), base=reference,
                    fingerprint=checkpoint_fingerprint(folder), trainable=trainable,
-                   sequences_per_pass=sequences_per_pass).train()
+                   images_per_pass=images_per_pass).train()
 
     # ------------------------------------------------------------ the RetrievalModel interface
     @property
@@ -263,56 +297,84 @@ class AgffModel(nn.Module):
 
     # ------------------------------------------------------------ prompts through the LLM
     def _prompt_rows(self, num_image_tokens: int) -> list[Tensor]:
-        """The K prompts' token ids for an image of `num_image_tokens` tokens (cached per token count)."""
-        if num_image_tokens not in self._rows:
-            image_token, rows = self.processor.image_token, []
-            for prompt in self.prompts:
-                messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-                text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-                if text.count(image_token) != 1:
-                    raise ValueError(f"the chat template gave {text.count(image_token)} {image_token} for one image")
-                text = text.replace(image_token, image_token * num_image_tokens)
-                rows.append(torch.tensor(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"]))
-            self._rows[num_image_tokens] = rows
-        return self._rows[num_image_tokens]
+        """The K prompts' token ids, each a whole chat turn on its own, for an image of `num_image_tokens` tokens."""
+        image_token, rows = self.processor.image_token, []
+        for prompt in self.prompts:
+            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+            text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            if text.count(image_token) != 1:
+                raise ValueError(f"the chat template gave {text.count(image_token)} {image_token} for one image")
+            text = text.replace(image_token, image_token * num_image_tokens)
+            rows.append(torch.tensor(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"]))
+        return rows
 
-    def token_batch(self, num_tokens: Sequence[int]) -> tuple[Tensor, Tensor]:
-        """(len(num_tokens) * K, L) input ids and attention mask, image-major (image 0's K prompts first),
-        left-padded so that every sequence's last token is in the last column."""
-        rows = [row for n in num_tokens for row in self._prompt_rows(n)]
-        width = max(len(r) for r in rows)
-        pad = self.processor.tokenizer.pad_token_id
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, width - len(r):], mask[i, width - len(r):] = r, 1
-        return ids.to(self.device), mask.to(self.device)
+    def packed_prompts(self, grid_thw: Sequence[int]) -> PackedPrompts:
+        """The K prompts of an image of patch grid `grid_thw` packed into one sequence (cached per grid): their
+        common prefix (chat scaffolding and the image) once, then each prompt's own tokens."""
+        key = tuple(int(v) for v in grid_thw)
+        if key not in self._packed:
+            merge = self.vlm.config.vision_config.spatial_merge_size
+            grid_h, grid_w = key[1] // merge, key[2] // merge
+            rows = self._prompt_rows(grid_h * grid_w)
+            common = min(len(r) for r in rows) - 1  # every prompt keeps at least its last token
+            for i in range(common):
+                if any(r[i] != rows[0][i] for r in rows):
+                    common = i
+                    break
+            if (rows[0][:common] == self.image_token_id).sum() != grid_h * grid_w:
+                raise ValueError("the prompts' common prefix does not hold the whole image; put the image first")
+            positions = [mrope_positions(r, self.image_token_id, grid_h, grid_w) for r in rows]
+            segment = torch.cat([torch.zeros(common, dtype=torch.long)]
+                                + [torch.full((len(r) - common,), k + 1) for k, r in enumerate(rows)])
+            self._packed[key] = PackedPrompts(
+                ids=torch.cat([rows[0][:common]] + [r[common:] for r in rows]),
+                positions=torch.cat([positions[0][:, :common]] + [p[:, common:] for p in positions], dim=1),
+                segment=segment, last=torch.cumsum(torch.tensor([len(r) - common for r in rows]), 0) + common - 1)
+        return self._packed[key]
 
-    def _last_states(self, features: EncoderOutput, ids: Tensor, mask: Tensor) -> Tensor:
+    def token_batch(self, grid_thw: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """For images of patch grids `grid_thw` (N, 3): packed input ids (N, L), left-padded; M-RoPE positions
+        (3, N, L); the additive attention mask (N, 1, L, L): causal, and a prompt's tokens see the common prefix and
+        their own prompt only, so each reads exactly what it would read alone; and (N, K) the column of each
+        prompt's last token."""
+        packed = [self.packed_prompts(g) for g in grid_thw.tolist()]
+        width = max(len(p.ids) for p in packed)
+        n = len(packed)
+        ids = torch.full((n, width), self.processor.tokenizer.pad_token_id, dtype=torch.long)
+        positions = torch.zeros((3, n, width), dtype=torch.long)
+        segment = torch.full((n, width), -1, dtype=torch.long)  # -1: padding
+        last = torch.stack([p.last + width - len(p.ids) for p in packed])
+        for i, p in enumerate(packed):
+            ids[i, width - len(p.ids):], positions[:, i, width - len(p.ids):] = p.ids, p.positions
+            segment[i, width - len(p.ids):] = p.segment
+        query, key = segment[:, :, None], segment[:, None, :]
+        allowed = (key >= 0) & ((key == 0) | (key == query)) & torch.ones(width, width, dtype=torch.bool).tril()
+        allowed |= torch.eye(width, dtype=torch.bool)  # a padding row sees itself: no row is fully masked
+        mask = torch.zeros(allowed.shape, dtype=self.dtype).masked_fill_(~allowed, torch.finfo(self.dtype).min)
+        return ids.to(self.device), positions.to(self.device), mask[:, None].to(self.device), last.to(self.device)
+
+    def _last_states(self, features: EncoderOutput) -> Tensor:
+        ids, positions, mask, last = self.token_batch(features.grid_thw)
         with vision_inputs(self.vlm, features) as extra:
-            hidden = self.vlm.model(input_ids=ids, attention_mask=mask,
+            hidden = self.vlm.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                                     mm_token_type_ids=(ids == self.image_token_id).int(),
                                     image_grid_thw=features.grid_thw.to(self.device), use_cache=False,
                                     **extra).last_hidden_state
-        return hidden[:, -1]
+        return hidden[torch.arange(len(ids), device=self.device)[:, None], last]  # (N, K, D)
 
     def prompt_states(self, features: EncoderOutput) -> Tensor:
-        """(B, K, D) final hidden state of the last token of each image under each prompt. The G-completions trick
-        of SAGA's judge: the K sequences of an image index the same tower outputs (`EncoderOutput.take`)."""
-        num_images, k = len(features.tokens), len(self.prompts)
+        """(B, K, D) the final hidden state of each prompt's last token, for each image: one packed LLM sequence
+        per image, reading the tower's outputs for that image (the tower ran once per image)."""
+        num_images = len(features.tokens)
         grad = torch.is_grad_enabled()
-        per_pass = self.sequences_per_pass or (0 if grad else INFERENCE_SEQUENCES)
-        images_per_pass = max(1, per_pass // k) if per_pass else num_images
+        per_pass = self.images_per_pass or (num_images if grad else INFERENCE_IMAGES)
         states = []
-        for start in range(0, num_images, images_per_pass):
-            images = range(start, min(num_images, start + images_per_pass))
-            part = features.take([i for i in images for _ in range(k)])
-            ids, mask = self.token_batch(part.num_tokens[::k])
-            if grad and self.sequences_per_pass:  # recompute this pass in backward: one pass's activations alive
-                last = checkpoint(self._last_states, part, ids, mask, use_reentrant=False)
+        for start in range(0, num_images, per_pass):
+            part = features.take(range(start, min(num_images, start + per_pass)))
+            if grad and self.images_per_pass:  # recomputed in backward: one pass's activations alive at a time
+                states.append(checkpoint(self._last_states, part, use_reentrant=False))
             else:
-                last = self._last_states(part, ids, mask)
-            states.append(last.reshape(len(images), k, -1))
+                states.append(self._last_states(part))
         return torch.cat(states)
 
     # ------------------------------------------------------------ saving and loading
@@ -341,7 +403,7 @@ class AgffModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, device: str | torch.device = "cpu",
-                        sequences_per_pass: int = 0) -> AgffModel:
+                        images_per_pass: int = 0) -> AgffModel:
         """A saved AGFF-Embed model, in eval mode on `device`: its base checkpoint (checked against the recorded
         fingerprint), made trainable as it was, with the saved tensors and fusion loaded."""
         path = Path(path)
@@ -373,7 +435,7 @@ class AgffModel(nn.Module):
             raise CheckpointError(f"{path}: no readable preprocessor_config.json ({e})") from None
         model = cls(vlm, processor, prompts, fusion.to(vlm.device), ImagePreprocessor(image_processor, image_size),
                     base=base["checkpoint"], fingerprint=base["fingerprint"], trainable=spec,
-                    sequences_per_pass=sequences_per_pass)
+                    images_per_pass=images_per_pass)
         return model.eval()
 
 

@@ -52,5 +52,5 @@ def build_agff(cfg: TrainConfig, device: torch.device) -> AgffModel:
     return AgffModel.build(cfg.model.backbone or cfg.model.judge, agff_prompts(cfg), trainable_spec(cfg),
                            image_size=cfg.data.image_size, device=device, dtype=cfg.model.dtype,
                            gradient_checkpointing=cfg.model.gradient_checkpointing,
-                           sequences_per_pass=cfg.agff.sequences_per_pass,
+                           images_per_pass=cfg.agff.images_per_pass,
                            trust_remote_code=cfg.model.trust_remote_code)
