@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--no-lora", dest="lora", action="store_false", help="measure AGFF-Embed without adapters")
     p.add_argument("--out", help="JSON file (default bench/results/agff_cost_<model>_<device type>.json)")
     p.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
+    p.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.prompts = list(dict.fromkeys(args.prompts or ([1, 11] if args.model == "tiny" else [1, 11, 29])))
     args.image_size = args.image_size or (128 if args.model == "tiny" else 448)
@@ -184,9 +185,13 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for kind, k in [("saga", 0)] + [("agff", k) for k in args.prompts]:
             result = Path(tmp) / f"{kind}{k}.json"
-            env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
-            subprocess.run([sys.executable, __file__, *forwarded, "--worker", kind, str(k), str(result)], check=True,
-                           env=env)
+            if args.in_process:  # tests: no start-up cost, but peak memory is then the whole process's
+                worker(args, kind, k, result)
+            else:
+                env = dict(os.environ,
+                           PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+                subprocess.run([sys.executable, __file__, *forwarded, "--worker", kind, str(k), str(result)],
+                               check=True, env=env)
             name = "SAGA: tower + attention pooler" if kind == "saga" else f"AGFF-Embed, {k} prompts"
             rows[name] = json.loads(result.read_text())
     saga = rows["SAGA: tower + attention pooler"]

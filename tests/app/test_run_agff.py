@@ -27,7 +27,7 @@ def _lines(path):
 
 
 def test_agff_train_command_end_to_end(tiny_overrides, tiny_vlm_dir, tmp_path, capsys):
-    overrides = tiny_overrides("agff")
+    overrides = tiny_overrides("agff", "eval_every=0")
     assert main(["train", "--config", str(CONFIGS / "synth" / "agff.yaml"), *overrides]) == 0
     out = tmp_path / "run"
     files = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and "tensorboard" not in p.parts}

@@ -37,7 +37,7 @@ def test_loss_and_gradient_match_the_hand_computation(tau, a):
     terms = infonce_from_similarity(sim, torch.tensor(LABELS), temperature=tau, amplification=a)
     terms["loss"].backward()
     loss, grad = _by_hand(tau, a)
-    assert float(terms["loss"]) == pytest.approx(loss, rel=1e-12)
+    assert terms["loss"].item() == pytest.approx(loss, rel=1e-12)
     torch.testing.assert_close(sim.grad, torch.tensor(grad, dtype=torch.float64), rtol=1e-10, atol=1e-12)
     # the diagnostics: mean positive / negative cosine; anchor 0's negative 3 (0.9) beats its positive (0.8), and
     # anchor 3's negative 0 (0.9) beats its positive (0.5): 2 of the 8 (anchor, positive, negative) triples
