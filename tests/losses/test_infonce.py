@@ -91,6 +91,6 @@ def test_the_dml_loss_wraps_it_for_training():
     z = F.normalize(e.detach(), dim=-1)
     expected = infonce_from_similarity(z @ z.T, torch.tensor([0, 0, 1, 1, 2, 2]), temperature=0.1,
                                        amplification=2.0)["loss"]
-    assert float(terms["loss"]) == pytest.approx(float(expected), rel=1e-6)
+    assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
     with pytest.raises(ValueError, match="at least two images of one class"):
         loss(e[:3], torch.tensor([10, 11, 12]))  # no positive pair
