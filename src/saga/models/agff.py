@@ -4,7 +4,8 @@ The opposite trade-off to SAGA: SAGA distils the MLLM into its vision tower and 
 AGFF-Embed keeps the whole MLLM (adapted with LoRA, or with some modules fine-tuned) as the embedder:
 
     image -> the MLLM's vision tower (once per image)
-          -> K prompts, a global one and K-1 fine-grained ones, each read by the LLM with the image's tokens
+          -> K prompts, a global one and K-1 fine-grained ones, read by the LLM in one packed sequence per image
+             (the chat start and the image's tokens once, then each prompt masked to them and to itself)
           -> the last token's final hidden state under each prompt: K embeddings per image
           -> AdaptiveFusion: an image-dependent softmax over the K unit embeddings -> one embedding
 
