@@ -75,7 +75,10 @@ def _build(args, kind: str, k: int):
         from geometry import build_from_config
 
         dtype = torch.bfloat16 if args.dtype in ("auto", "bfloat16") else torch.float32
-        vlm, processor = build_from_config(args.geometry, dtype=dtype, device=device, image_size=args.image_size)
+        # The local tokenizer learns its merges from the prompts, so that a word is about one token, as with Qwen's
+        # own tokenizer (a byte-level one with no merges would make each prompt 3-4x longer).
+        vlm, processor = build_from_config(args.geometry, dtype=dtype, device=device, image_size=args.image_size,
+                                           corpus=prompts_for("8b", len(CUB_GROUPS) + 1) * 4)
     preprocessor = ImagePreprocessor(processor, args.image_size)
     if kind == "saga":  # the tower and an attention pooler; the LLM is dropped at deployment
         encoder = VisionEncoder(vlm.model.visual)

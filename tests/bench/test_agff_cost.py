@@ -28,3 +28,15 @@ def test_tiny_cost_reports_both_models(agff_cost, tiny_vlm_dir, tmp_path):
     assert agff_cost.prompts_for("8b", 3) == ["Summarize the bird in the image in one word.",
                                               "Describe the bill shape of the bird in the image in one word.",
                                               "Describe the wing color of the bird in the image in one word."]
+
+
+def test_the_geometry_path_runs_on_a_small_config(agff_cost, tmp_path):
+    # --model 8b builds a random model of a geometry (bench/geometry.py); here the shipped judge's, on the CPU (its
+    # 515 ids hold the local tokenizer, which the fixture's 322 do not)
+    config = agff_cost.ROOT / "assets" / "judge-tiny-long" / "config.json"
+    doc = agff_cost.main(["--model", "8b", "--geometry", str(config), "--dtype", "float32",
+                          "--prompts", "29", "--image-size", "64", "--batch", "2", "--repeats", "1", "--warmup", "0",
+                          "--in-process", "--out", str(tmp_path / "cost.json")])
+    tokens = doc["rows"]["AGFF-Embed, 29 prompts"]["llm_tokens"]
+    # CUB's 28 groups + the global prompt; the tokenizer learnt the prompts' words, so ~one token per word
+    assert tokens["prompts"] == 29 and tokens["per_image"] < 30 * 30 < tokens["unpacked_per_image"]
