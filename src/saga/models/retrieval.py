@@ -29,6 +29,7 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +47,9 @@ from saga.models.poolers import MeanPooler, build_pooler
 from saga.models.preprocess import ImagePreprocessor
 from saga.registry import Registry
 from saga.utils import resolve_device
+
+if TYPE_CHECKING:
+    from saga.models.agff import AgffModel
 
 MANIFEST = "saga_model.json"
 FORMAT = "saga-encoder/1"
@@ -180,7 +184,7 @@ def manifest_format(folder: Path) -> str:
 
 
 def load_model(path: str | Path, *, device: str | torch.device = "auto", image_size: int | None = None,
-               dtype: str | torch.dtype = "auto", trust_remote_code: bool = False) -> RetrievalModel:
+               dtype: str | torch.dtype = "auto", trust_remote_code: bool = False) -> RetrievalModel | AgffModel:
     """The retrieval model at `path`: a saved model folder (`saga export`, a run's export/; the class is chosen by
     its manifest's "format", `MODEL_FORMATS`), a `saga train` run folder (its export/), or else a Qwen-VL checkpoint
     (hub id or directory) whose tower is used with mean pooling.
