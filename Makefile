@@ -17,7 +17,7 @@ venv: $(BIN)/saga
 
 # For the lent GPU machine (bench/gpu_check.sh): wheels of the dependencies its image lacks, carried in .whl/.
 wheels: $(BIN)/saga
-	$(BIN)/python -m pip download -q --no-deps -d .whl pytorch-metric-learning
+	$(BIN)/python -m pip download -q --no-deps -d .whl pytorch-metric-learning peft
 
 demo: $(BIN)/saga
 	$(BIN)/saga demo

@@ -19,7 +19,7 @@ from saga.train.methods import Batch
 
 def test_config_and_cli_choices_are_the_registries_names():
     allowed = choices()
-    assert allowed["method"] == METHODS.names() == ("saga", "proxy_anchor", "potential_field")
+    assert allowed["method"] == METHODS.names() == ("saga", "proxy_anchor", "potential_field", "agff")
     assert allowed["data.dataset"] == DATASETS.names()
     assert allowed["model.pooler"] == ("auto", *POOLERS.names())
     assert allowed["dml.loss"] == ("auto", *DML_LOSSES.names())

@@ -323,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("overrides", nargs="*", help="dotted overrides applied to every row, e.g. device=cuda")
     q.set_defaults(func=cmd_benchmark)
 
-    q = sub.add_parser("demo", help="the CPU demo: synthetic world, four methods, table and HTML report")
+    q = sub.add_parser("demo", help="the CPU demo: synthetic world, five methods, table and HTML report")
     q.add_argument("--out", default="runs/demo")
     q.add_argument("--table", default="configs/synth/demo.yaml", help="the rows to run")
     q.add_argument("--seed", type=int, default=0)

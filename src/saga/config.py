@@ -103,6 +103,9 @@ class DMLConfig:
     alpha: float | None = _f(None, "Proxy Anchor alpha (default 32) / Potential Field exponent (default 1)", gt=0)
     proxies_per_class: int | None = _f(None, "Potential Field proxies per class; None = its default 15", ge=1)
     radius: float | None = _f(None, "Potential Field repulsion radius; None = its default 1.0", gt=0)
+    temperature: float | None = _f(None, "InfoNCE temperature; None = its default 0.02", gt=0)
+    ega: float | None = _f(None, "InfoNCE: gradient amplification of hard negatives (EGA, arXiv 2506.02020, our "
+                                 "reconstruction); None = its default 1.0, 0 = plain InfoNCE", ge=0)
 
 
 @dataclass
@@ -112,6 +115,30 @@ class LossWeights:
     dml: float = _f(1.0, "weight of L_DML", ge=0)
     attribute_nll: float = _f(0.0, "weight of L_ATTR, the NLL of each pair's true comparison through the judge "
                                    "(an oracle diagnostic that needs class attributes; not the paper's)", ge=0)
+
+
+@dataclass
+class AgffConfig:
+    aspects: list[str] | None = _f(None, "AGFF-Embed: fine-grained aspects, one prompt each after the global one; "
+                                         "None = the dataset's attribute groups (synth, cub); [] = global only")
+    global_prompt: str = _f("Summarize the {subject} in the image in one word.",
+                            "AGFF-Embed's global prompt ({subject}: bird, car, aircraft or object, by dataset)")
+    aspect_prompt: str = _f("Describe the {aspect} of the {subject} in the image in one word.",
+                            "AGFF-Embed's fine-grained prompt, one per aspect ({aspect}: 'bill shape', "
+                            "{aspect_name}: 'bill_shape')")
+    trainable: str = _f("lora", "what AGFF-Embed trains in the MLLM: lora (peft adapters on agff.lora_targets) or "
+                                "modules (agff.train_modules in full)")
+    lora_rank: int = _f(8, "LoRA rank", ge=1)
+    lora_alpha: float = _f(16.0, "LoRA scale numerator (the update is scaled by alpha / rank)", gt=0)
+    lora_dropout: float = _f(0.0, "dropout on the LoRA input", ge=0, le=1)
+    lora_targets: list[str] = _f(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                                  "attn.qkv", "attn.proj", "linear_fc1", "linear_fc2"],
+                                 "module names (or dotted name endings) that get LoRA adapters: the LLM's and the "
+                                 "vision tower's linear layers")
+    train_modules: list[str] = _f(["model.visual"], "trainable=modules: names of the modules trained in full (and "
+                                                    "everything under them); the rest of the MLLM is frozen")
+    images_per_pass: int = _f(0, "images (one packed LLM sequence of their K prompts each) per forward pass; 0 = "
+                                 "the whole batch. With gradient each pass is recomputed in backward (memory)", ge=0)
 
 
 @dataclass
@@ -129,7 +156,7 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    method: str = _f("saga", "a method of saga.train.METHODS: saga, proxy_anchor, potential_field")
+    method: str = _f("saga", "a method of saga.train.METHODS: saga, proxy_anchor, potential_field, agff")
     seed: int = _f(0, "seed of every random number generator", ge=0)
     out_dir: str = _f("runs/default", "run directory: config, metrics.jsonl, TensorBoard events, checkpoints")
     device: str = _f("auto", "cpu, cuda or auto")
@@ -145,6 +172,7 @@ class TrainConfig:
     attention: AttentionConfig = field(default_factory=AttentionConfig, metadata={"help": "L_KL targets"})
     dml: DMLConfig = field(default_factory=DMLConfig, metadata={"help": "L_DML"})
     weights: LossWeights = field(default_factory=LossWeights, metadata={"help": "loss weights"})
+    agff: AgffConfig = field(default_factory=AgffConfig, metadata={"help": "AGFF-Embed (method agff)"})
     optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "optimiser"})
 
     @property
@@ -303,6 +331,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "grpo.cache": ("auto", "static", "dynamic"),
     "attention.direction": ("forward", "reverse"),
     "model.judge_sharding": ("none", "fsdp"),
+    "agff.trainable": ("lora", "modules"),
 }
 
 

@@ -66,7 +66,7 @@ def environment() -> dict:
     git = git_commit()
     versions = {}
     for pkg in ("saga-retrieval", "torch", "transformers", "accelerate", "numpy", "pytorch-metric-learning",
-                "scikit-learn", "faiss-cpu", "safetensors", "pillow"):
+                "scikit-learn", "faiss-cpu", "safetensors", "pillow", "peft"):
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

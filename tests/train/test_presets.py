@@ -7,7 +7,8 @@ import pytest
 from saga.config import load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-PAPER = [(d, m) for d in ("cub", "cars", "aircraft", "inat_aves") for m in ("saga", "proxy_anchor", "potential_field")]
+PAPER = [(d, m) for d in ("cub", "cars", "aircraft", "inat_aves")
+         for m in ("saga", "proxy_anchor", "potential_field", "agff")]
 
 
 @pytest.mark.parametrize(("dataset", "method"), PAPER)
@@ -21,7 +22,7 @@ def test_paper_presets(dataset, method):
     assert cfg.grpo.num_generations == 8 and cfg.attention.layers == [-8, -4, -1]
 
 
-@pytest.mark.parametrize("method", ["saga", "proxy_anchor", "potential_field"])
+@pytest.mark.parametrize("method", ["saga", "proxy_anchor", "potential_field", "agff"])
 def test_synthetic_presets(method):
     cfg = load_config(CONFIGS / "synth" / f"{method}.yaml")
     assert (cfg.method, cfg.data.dataset, cfg.model.judge) == (method, "synth", "assets/judge-tiny-long")
@@ -39,10 +40,28 @@ def test_synthetic_saga_completions_fit_the_longest_comparison_of_the_shipped_ju
     assert cfg.grpo.max_completion_length >= longest_comparison(tokenizer) + 1  # + the stop token
 
 
+@pytest.mark.parametrize(("dataset", "prompts"), [("cars", 9), ("aircraft", 9), ("inat_aves", 13), ("synth", 11)])
+def test_agff_presets_prompt_each_aspect_once(dataset, prompts):
+    from saga.train.agff import agff_prompts
+    from saga.train.setup import dml_name
+
+    cfg = load_config(CONFIGS / dataset / "agff.yaml")
+    assert (cfg.agff.trainable, dml_name(cfg), cfg.dml.ega, cfg.dml.temperature) == ("lora", "infonce", 1.0, 0.02)
+    texts = agff_prompts(cfg)  # the synthetic world's aspects are its schema's attributes, read without the world
+    assert len(texts) == len(set(texts)) == prompts
+    if dataset == "synth":
+        assert texts[:2] == ["bird:", "body_color:"]
+    else:
+        assert cfg.model.dtype == "bfloat16" and cfg.model.gradient_checkpointing and cfg.optim.lr_encoder == 1e-4
+        assert texts[1] == f"Describe the {cfg.agff.aspects[0]} of the {texts[0].split()[2]} in the image in one word."
+    assert load_config(CONFIGS / "cub" / "agff.yaml").agff.aspects is None  # CUB: its attributes.txt groups
+
+
 # Results tables (saga.app.benchmark), not run configs, and the methods their rows train.
 ALL_METHODS = {"proxy_anchor", "potential_field", "saga"}
-TABLES = {"demo.yaml": ALL_METHODS, "table.yaml": ALL_METHODS, "table-cpu.yaml": ALL_METHODS,
-          "sweep-cpu.yaml": {"saga"}, "neighbours-cpu.yaml": {"proxy_anchor", "saga"}}
+TABLES = {"demo.yaml": ALL_METHODS | {"agff"}, "table.yaml": ALL_METHODS, "table-cpu.yaml": ALL_METHODS,
+          "sweep-cpu.yaml": {"saga"}, "neighbours-cpu.yaml": {"proxy_anchor", "saga"},
+          "table-cpu-agff.yaml": {"agff", "saga"}}
 
 
 @pytest.mark.parametrize("path", sorted(p for p in CONFIGS.rglob("*.yaml") if p.name not in TABLES),

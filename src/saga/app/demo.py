@@ -1,7 +1,8 @@
 """`saga demo`: the paper's comparison on the synthetic world, on a laptop CPU, with an HTML report.
 
 It renders the world (if missing), loads the shipped judge (assets/judge-tiny-long), runs the rows of
-configs/synth/demo.yaml (pre-trained backbone, Proxy Anchor, Potential Field, SAGA; one seed, CPU-sized budgets),
+configs/synth/demo.yaml (pre-trained backbone, Proxy Anchor, Potential Field, SAGA, AGFF-Embed; one seed, CPU-sized
+budgets),
 prints the table and writes ``<out>/report.html``: the table, Recall@K curves, training curves, the pooler's and
 the judge's attention over test images, and a retrieval grid. The full benchmark is `saga benchmark`.
 """
@@ -116,6 +117,8 @@ def run_demo(out_dir: str | Path = "runs/demo", table_path: str | Path = DEMO_TA
         notes=f"<p>Zero-shot retrieval on the 100 test classes (disjoint from the training classes), one seed, "
               f"CPU-sized budgets from <code>{table_path}</code>. A row \"SAGA w/o L_GRPO\" is SAGA with the "
               f"judge's policy gradient switched off: the difference to SAGA is what the judge's verdicts add. "
+              f"AGFF-Embed keeps the judge's MLLM as the embedder (LoRA-adapted, one prompt per attribute), "
+              f"at several times the inference cost of an encoder + pooler. "
               f"3 seeds and every ablation: <code>saga benchmark --config configs/synth/table-cpu.yaml --seeds 0 1 "
               f"2</code> (CPU) or <code>configs/synth/table.yaml</code> (GPU, the <code>small</code> judge).</p>")
     print(f"\nreport: {report}")

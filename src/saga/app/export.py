@@ -43,6 +43,11 @@ def export_run(run: str | Path, out: str | Path, *, fmt: str = "safetensors", im
         return model.save_pretrained(out, run=_run_record(run))
     if fmt == "onnx":
         from saga.deploy.onnx_export import export_onnx
+        from saga.models import RetrievalModel
+
+        if not isinstance(model, RetrievalModel):  # AGFF-Embed: the whole MLLM, read under K prompts
+            raise CheckpointError(f"{run}: --format onnx exports an encoder + pooler; this model "
+                                  f"({type(model).__name__}) keeps the MLLM and has no ONNX export")
 
         check = export_onnx(model, out, image_size=image_size)["check"]
         print(f"ONNX Runtime against torch on {check['images']} images: max abs difference "

@@ -17,9 +17,10 @@ from pathlib import Path
 from saga.data.aircraft import load_aircraft
 from saga.data.base import DatasetSplits, ImageDataset, OfficialCounts, Split, load_image
 from saga.data.cars import load_cars
-from saga.data.cub import CubAttributes, load_cub, read_cub_attributes
+from saga.data.cub import CubAttributes, load_cub, read_cub_attribute_groups, read_cub_attributes
 from saga.data.folder import load_folder
 from saga.data.inat import load_inat_aves
+from saga.errors import DataError
 from saga.registry import Registry
 
 Loader = Callable[..., DatasetSplits]
@@ -47,6 +48,19 @@ def load_dataset(name: str, root: str | Path, split_file: str | Path | None = No
     return loader(root, **options)
 
 
+def attribute_groups(name: str, root: str | Path) -> list[str]:
+    """The attribute groups of dataset `name` at `root`, in their canonical order: the synthetic world's attributes
+    (its schema, read here only), CUB's groups of attributes.txt. DataError for a dataset without attribute
+    annotations (Cars, Aircraft, iNat-Aves, folders): AGFF-Embed's presets list their aspects instead."""
+    if name == "synth":
+        from saga.synth.schema import ATTRIBUTE_NAMES
+
+        return list(ATTRIBUTE_NAMES)
+    if name == "cub":
+        return read_cub_attribute_groups(root)
+    raise DataError(f"dataset {name!r} has no attribute annotations to take aspects from; list them (agff.aspects)")
+
+
 DATASETS.register("cub", load_cub)
 DATASETS.register("cars", load_cars)
 DATASETS.register("aircraft", load_aircraft)
@@ -54,6 +68,6 @@ DATASETS.register("inat_aves", load_inat_aves)
 DATASETS.register("folder", load_folder)
 DATASETS.register("synth", load_synth)
 
-__all__ = ["DATASETS", "CubAttributes", "DatasetSplits", "ImageDataset", "OfficialCounts", "Split", "load_aircraft",
-           "load_cars", "load_cub", "load_dataset", "load_folder", "load_image", "load_inat_aves",
-           "read_cub_attributes"]
+__all__ = ["DATASETS", "CubAttributes", "DatasetSplits", "ImageDataset", "OfficialCounts", "Split", "attribute_groups",
+           "load_aircraft", "load_cars", "load_cub", "load_dataset", "load_folder", "load_image", "load_inat_aves",
+           "read_cub_attribute_groups", "read_cub_attributes"]

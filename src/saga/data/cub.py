@@ -167,3 +167,16 @@ def read_cub_attributes(root: str | Path) -> CubAttributes:
     certainty[row_of[image], attribute - 1] = certain
     return CubAttributes([table[k][0] for k in range(1, len(table) + 1)], np.array(index.ids, dtype=np.int64),
                          index.paths, present, certainty)
+
+
+def read_cub_attribute_groups(root: str | Path) -> list[str]:
+    """The attribute groups of attributes.txt in file order: "has_bill_shape::curved" -> "bill_shape" (28 groups in
+    the official file). Only attributes.txt is read, not the per-image labels."""
+    path = _attribute_file(find_cub_root(root), "attributes.txt")
+    groups: dict[str, None] = {}
+    for text, line in read_id_table(path, "attribute").values():
+        group, sep, _ = text.partition("::")
+        if not sep or not group.strip():
+            raise DataError(f"{path}, line {line}: expected '<group>::<value>', found {text!r}")
+        groups[group.strip().removeprefix("has_")] = None
+    return list(groups)

@@ -3,6 +3,7 @@
     L_GRPO  grpo.group_advantages + grpo.grpo_loss       policy gradient through the frozen judge
     L_KL    attention_kl.attention_kl                    pooler attention towards the judge's
     L_DML   build_dml_loss("proxy_anchor" | "potential_field", ...)   metric learning on the pooled embedding
+            build_dml_loss("infonce", ...)                 InfoNCE, hard negatives' gradient amplified (AGFF-Embed)
     L_ATTR  answer_nll.answer_nll                        an oracle diagnostic, not the paper's (its docstring)
 
 The DML loss is the one users choose by name in the config, hence the registry below.
@@ -18,6 +19,7 @@ from saga.losses.attention_kl import attention_kl
 from saga.losses.base import LossTerms, loss_terms
 from saga.losses.dml import ProxyLoss
 from saga.losses.grpo import group_advantages, grpo_loss, kl_k3
+from saga.losses.infonce import InfoNCE, infonce_from_similarity
 from saga.losses.potential_field import PotentialField
 from saga.losses.proxy_anchor import ProxyAnchor
 from saga.registry import Registry
@@ -25,6 +27,7 @@ from saga.registry import Registry
 DML_LOSSES: Registry[type[ProxyLoss]] = Registry("DML loss")
 DML_LOSSES.register("proxy_anchor", ProxyAnchor)
 DML_LOSSES.register("potential_field", PotentialField)
+DML_LOSSES.register("infonce", InfoNCE)
 
 
 def build_dml_loss(
@@ -39,6 +42,6 @@ def build_dml_loss(
 
 
 __all__ = [
-    "DML_LOSSES", "LossTerms", "PotentialField", "ProxyAnchor", "ProxyLoss", "answer_nll", "attention_kl",
-    "build_dml_loss", "group_advantages", "grpo_loss", "kl_k3", "loss_terms",
+    "DML_LOSSES", "InfoNCE", "LossTerms", "PotentialField", "ProxyAnchor", "ProxyLoss", "answer_nll", "attention_kl",
+    "build_dml_loss", "group_advantages", "grpo_loss", "infonce_from_similarity", "kl_k3", "loss_terms",
 ]

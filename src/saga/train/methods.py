@@ -5,6 +5,8 @@ and a record in this file.
     saga_step   SAGA (docs/method.md): L_GRPO + L_KL + L_DML from one pass of the encoder
                 (+ the oracle diagnostic L_ATTR when weights.attribute_nll > 0)
     dml_step    the baselines (Proxy Anchor, Potential Field): the pooled embedding, L_DML only
+    agff_step   AGFF-Embed (docs/method.md, "AGFF-Embed"): the MLLM itself embeds (K prompts, fused); InfoNCE with
+                hard-negative gradient amplification as its L_DML. Its record builds its own trainable model.
 
 A step function returns the named loss terms of its losses (each a dict with "loss" and detached diagnostics,
 saga.losses.base); `saga.train.loop.combine` weighs and sums them.
@@ -26,10 +28,13 @@ from saga.config import TrainConfig
 from saga.judge.prompts import attribute_reward, format_comparison, verdict_reward
 from saga.losses import LossTerms, answer_nll, attention_kl, group_advantages, grpo_loss
 from saga.registry import Registry
+from saga.train.agff import build_agff
 from saga.train.batches import mine_pairs, step_rng
 from saga.train.distributed import gather_batch
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from saga.train.setup import Parts
 
 
@@ -145,17 +150,35 @@ def saga_step(parts: Parts, cfg: TrainConfig, batch: Batch, step: int) -> StepRe
     return StepResult(terms, stats, rows)
 
 
+def agff_step(parts: Parts, cfg: TrainConfig, batch: Batch, step: int) -> StepResult:
+    """AGFF-Embed: K prompt embeddings per image, fused, then InfoNCE with EGA over the m-per-class batch."""
+    out = parts.model(**batch.inputs)
+    with torch.no_grad():  # tensors: logging syncs them only on the steps it logs
+        weights, unit = out.weights, out.prompt_embeddings
+        k = weights.shape[1]
+        stats = {
+            # log K at the start (uniform weights: the mean), 0 when one prompt takes all the weight
+            "fusion_entropy": -(weights * weights.clamp_min(1e-12).log()).sum(-1).mean(),
+            "fusion_max_weight": weights.max(-1).values.mean(),
+        }
+        if k > 1:  # how alike an image's K embeddings are (1: the prompts add nothing over one)
+            stats["prompt_cosine"] = ((unit @ unit.transpose(1, 2)).sum((1, 2)) - k).mean() / (k * (k - 1))
+    return StepResult({"dml": parts.dml_loss(*gather_batch(out.embedding, batch.labels))}, stats)
+
 
 @dataclass(frozen=True)
 class Method:
     """A training method. pooler / dml_loss: what "auto" resolves to (model.pooler, dml.loss); fixed_dml_loss: the
-    method is its loss (a baseline), so another dml.loss is an error; needs_judge: load the frozen judge."""
+    method is its loss (a baseline), so another dml.loss is an error; needs_judge: load the frozen judge.
+    build_model: builds the trainable model in place of encoder + pooler (AGFF-Embed: the adapted MLLM), with
+    RetrievalModel's interface and `checkpoint_modules()`; None = encoder + `pooler`."""
 
     step: Callable[[Parts, TrainConfig, Batch, int], StepResult]
     pooler: str
     dml_loss: str
     needs_judge: bool
     fixed_dml_loss: bool = False
+    build_model: Callable[[TrainConfig, torch.device], nn.Module] | None = None
 
 
 METHODS: Registry[Method] = Registry("method")
@@ -164,3 +187,6 @@ METHODS.register("proxy_anchor", Method(dml_step, pooler="mean", dml_loss="proxy
                                         fixed_dml_loss=True))
 METHODS.register("potential_field", Method(dml_step, pooler="mean", dml_loss="potential_field", needs_judge=False,
                                            fixed_dml_loss=True))
+# The judge's checkpoint is AGFF-Embed's embedder (adapted, not frozen): it is loaded by build_agff, not as a judge.
+METHODS.register("agff", Method(agff_step, pooler="fusion", dml_loss="infonce", needs_judge=False,
+                                build_model=build_agff))

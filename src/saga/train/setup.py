@@ -44,7 +44,7 @@ def dml_name(cfg: TrainConfig) -> str:
 class Parts:
     """The models and the optimizer of a run. judge / reference are None when the method does not use them."""
 
-    model: RetrievalModel  # encoder + pooler + preprocessing: what is trained and exported
+    model: RetrievalModel  # encoder + pooler + preprocessing (or a method's own model): trained and exported
     dml_loss: ProxyLoss
     optimizer: torch.optim.AdamW
     processor: object  # the judge's (or the backbone's) processor: tokenizer, chat template, image processor
@@ -65,18 +65,21 @@ class Parts:
         return self.model.preprocessor
 
     def trainable(self) -> dict[str, nn.Module]:
-        """The modules a checkpoint saves, by file name."""
-        return {"encoder": self.encoder, "pooler": self.pooler, "loss": self.dml_loss}
+        """The modules a checkpoint saves, by file name: the model's own (encoder and pooler; AGFF-Embed: its
+        trained tensors and fusion) and the loss's proxies."""
+        return {**self.model.checkpoint_modules(), "loss": self.dml_loss}
 
 
 def param_groups(cfg: TrainConfig, encoder: nn.Module, pooler: nn.Module, dml_loss: ProxyLoss) -> list[dict]:
     """Named AdamW groups: encoder and pooler (each split into decayed matrices and undecayed norms / biases, the
     usual AdamW practice), and the proxies at lr_encoder x lr_proxies_mult without decay (Proxy Anchor trains
-    its proxies 100x faster than the backbone, docs/method.md). `base_lr` is what warm-up scales."""
+    its proxies 100x faster than the backbone, docs/method.md). `base_lr` is what warm-up scales. A pooler inside
+    `encoder` (AGFF-Embed's fusion inside its model) is in the pooler's group only."""
     o = cfg.optim
     groups = []
+    in_pooler = {id(p) for p in pooler.parameters()}
     for name, module, lr in (("encoder", encoder, o.lr_encoder), ("pooler", pooler, o.lr_pooler)):
-        params = [p for p in module.parameters() if p.requires_grad]
+        params = [p for p in module.parameters() if p.requires_grad and (module is pooler or id(p) not in in_pooler)]
         groups.append({"name": name, "params": [p for p in params if p.ndim >= 2], "weight_decay": o.weight_decay,
                        "base_lr": lr})
         groups.append({"name": f"{name}_no_decay", "params": [p for p in params if p.ndim < 2], "weight_decay": 0.0,
@@ -94,12 +97,29 @@ def lr_factor(step: int, warmup_steps: int) -> float:
     return min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
 
 
+def _dml_loss(cfg: TrainConfig, train_split: Split, width: int, device: torch.device) -> ProxyLoss:
+    """The run's L_DML on embeddings of `width`, with the options the config sets (the others: the loss's
+    defaults)."""
+    d = cfg.dml
+    options = {"margin": d.margin, "alpha": d.alpha, "num_proxies_per_class": d.proxies_per_class, "radius": d.radius,
+               "temperature": d.temperature, "amplification": d.ega}
+    return build_dml_loss(dml_name(cfg), train_split.num_classes, width, class_ids=sorted(train_split.class_names),
+                          seed=cfg.seed, **{k: v for k, v in options.items() if v is not None}).to(device)
+
+
 def build_parts(cfg: TrainConfig, train_split: Split, device: torch.device, world: World = World()) -> Parts:
     """Load the judge (a method that reads it) or only the tower, then build pooler, loss and optimizer on
-    `device`. world: this process among the data-parallel processes (every rank builds the same parts)."""
+    `device`. A method with its own model builder (AGFF-Embed) gets that model, its loss and optimizer instead.
+    world: this process among the data-parallel processes (every rank builds the same parts)."""
     method = METHODS.get(cfg.method)
     if not cfg.model.judge and (method.needs_judge or cfg.model.backbone is None):
         raise ConfigError("model.judge is not set: give the judge's hub id or local directory")
+    if method.build_model is not None:
+        model = method.build_model(cfg, device)
+        dml_loss = _dml_loss(cfg, train_split, model.embed_dim, device)
+        # "encoder": the model's trained tensors (LoRA adapters or named modules) at lr_encoder; "pooler": its fusion.
+        optimizer = torch.optim.AdamW(param_groups(cfg, model, model.pooler, dml_loss))
+        return Parts(model, dml_loss, optimizer, model.processor, world=world)
     enc_dtype = resolve_dtype(cfg.model.encoder_dtype, device)
     judge = None
     sharded = cfg.model.judge_sharding == "fsdp"
@@ -132,11 +152,7 @@ def build_parts(cfg: TrainConfig, train_split: Split, device: torch.device, worl
         raise ConfigError("L_KL aligns the pooler's attention: use model.pooler=attention, or weights.kl=0")
     pooler = build_pooler(name, encoder.out_dim, num_heads=cfg.model.pooler_heads,
                           embed_dim=cfg.model.embed_dim).to(device)
-    d = cfg.dml
-    options = {"margin": d.margin, "alpha": d.alpha, "num_proxies_per_class": d.proxies_per_class, "radius": d.radius}
-    dml_loss = build_dml_loss(dml_name(cfg), train_split.num_classes, cfg.model.embed_dim or encoder.out_dim,
-                              class_ids=sorted(train_split.class_names), seed=cfg.seed,
-                              **{k: v for k, v in options.items() if v is not None}).to(device)
+    dml_loss = _dml_loss(cfg, train_split, cfg.model.embed_dim or encoder.out_dim, device)
     optimizer = torch.optim.AdamW(param_groups(cfg, encoder, pooler, dml_loss))
 
     reference = None
