@@ -150,7 +150,8 @@ def cmd_judge_eval(args: argparse.Namespace) -> int:
     from saga.synth.judge_eval import evaluate_judge
 
     res = evaluate_judge(args.judge, dataset=args.dataset, root=args.root, split=args.split,
-                         pairs=args.pairs, seed=args.seed, device=args.device, encoder=args.encoder)
+                         pairs=args.pairs, seed=args.seed, device=args.device, encoder=args.encoder,
+                         vocabulary=vocabulary_arg(args.vocabulary))
     for k, v in res.items():
         print(f"{k:32s} {v:.4f}" if isinstance(v, float) else f"{k:32s} {v}")
     _write_json(res, args.json)
@@ -191,6 +192,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     run_demo(args.out, args.table, seed=args.seed)
     return 0
+
+
+def vocabulary_arg(values: list[str]) -> str | list[str]:
+    """--vocabulary: one word (auto, none, or a file) stays a setting; several are the attribute names."""
+    if len(values) == 1 and (values[0] in ("auto", "none") or Path(values[0]).is_file()):
+        return values[0]
+    return values
 
 
 def _positive(text: str) -> int:
@@ -294,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--pairs", type=int, default=200)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--device", default="auto")
+    q.add_argument("--vocabulary", nargs="+", default=["auto"], metavar="NAME",
+                   help="the attributes the prompt names: auto (the dataset's), none, a file, or the names")
     q.add_argument("--json", help="write the results to this JSON file")
     q.set_defaults(func=cmd_judge_eval)
 

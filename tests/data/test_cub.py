@@ -130,8 +130,23 @@ def test_attribute_errors_name_file_and_line(tmp_path, fakes, text, message):
 
 def test_missing_attribute_files_are_reported(tmp_path, fakes):
     root = fakes.make_cub(tmp_path, num_classes=2, per_class=1)
-    with pytest.raises(DataError, match="no attributes.txt here or in"):
+    with pytest.raises(DataError, match="no attributes.txt here, in .*attributes or in"):
         read_cub_attributes(root)
+
+
+def test_attribute_groups_are_the_vocabulary_wherever_attributes_txt_lies(tmp_path, fakes):
+    from saga.data import cub_attribute_groups, dataset_vocabulary
+
+    root = fakes.make_cub(tmp_path, num_classes=2, per_class=1, attributes=True)
+    (root / "attributes.txt").write_text("1 has_bill_shape::curved\n2 has_bill_shape::dagger\n"
+                                         "3 has_wing_color::blue\n4 has_under_tail_color::red\n")
+    assert cub_attribute_groups(root) == ["bill shape", "wing color", "under tail color"]
+    assert dataset_vocabulary("cub", tmp_path) == ["bill shape", "wing color", "under tail color"]
+    (root / "attributes.txt").rename(tmp_path / "attributes.txt")  # where the archive unpacks it
+    assert cub_attribute_groups(root) == ["bill shape", "wing color", "under tail color"]
+    (tmp_path / "attributes.txt").write_text("1 has_bill_shape\n")
+    with pytest.raises(DataError, match=r"attributes.txt, line 1: expected <group>::<value>"):
+        cub_attribute_groups(root)
 
 
 def test_cli_data_info_json(tmp_path, fakes, capsys):

@@ -3,6 +3,7 @@
     from saga.data import load_dataset
     ds = load_dataset("cub", "/data/CUB_200_2011")   # also: cars, aircraft, inat_aves, folder, synth
     ds.info()  # {"train": {"classes": 100, "images": 5864}, "test": {"classes": 100, "images": 5924}}
+    dataset_vocabulary("cub", "/data/CUB_200_2011")   # the attributes the judge's prompt names (saga.data.vocabulary)
 
 A loader is any callable `loader(root, split_file=None) -> DatasetSplits`, registered by name in `DATASETS`; the
 config's `data.dataset` and the CLI's `--dataset` choices are its names. The split policy, count checks and error
@@ -17,9 +18,10 @@ from pathlib import Path
 from saga.data.aircraft import load_aircraft
 from saga.data.base import DatasetSplits, ImageDataset, OfficialCounts, Split, load_image
 from saga.data.cars import load_cars
-from saga.data.cub import CubAttributes, load_cub, read_cub_attributes
+from saga.data.cub import CubAttributes, cub_attribute_groups, load_cub, read_cub_attributes
 from saga.data.folder import load_folder
 from saga.data.inat import load_inat_aves
+from saga.data.vocabulary import dataset_vocabulary, read_vocabulary_file, resolve_vocabulary
 from saga.registry import Registry
 
 Loader = Callable[..., DatasetSplits]
@@ -49,6 +51,7 @@ DATASETS.register("inat_aves", load_inat_aves)
 DATASETS.register("folder", load_folder)
 DATASETS.register("synth", load_synth)
 
-__all__ = ["DATASETS", "CubAttributes", "DatasetSplits", "ImageDataset", "OfficialCounts", "Split", "load_aircraft",
-           "load_cars", "load_cub", "load_dataset", "load_folder", "load_image", "load_inat_aves",
-           "read_cub_attributes"]
+__all__ = ["DATASETS", "CubAttributes", "DatasetSplits", "ImageDataset", "OfficialCounts", "Split",
+           "cub_attribute_groups", "dataset_vocabulary", "load_aircraft", "load_cars", "load_cub", "load_dataset",
+           "load_folder", "load_image", "load_inat_aves", "read_cub_attributes", "read_vocabulary_file",
+           "resolve_vocabulary"]

@@ -113,11 +113,27 @@ class CubAttributes:
 
 
 def _attribute_file(root: Path, name: str) -> Path:
-    for candidate in (root / name, root / "attributes" / name):
+    # The archive unpacks attributes.txt beside the CUB_200_2011 folder, not inside it: the parent is looked in too.
+    for candidate in (root / name, root / "attributes" / name, root.parent / name):
         if candidate.is_file():
             return candidate
-    raise DataError(f"{root}: no {name} here or in {root / 'attributes'}; attribute annotations are optional in "
-                    "CUB but needed for this call")
+    raise DataError(f"{root}: no {name} here, in {root / 'attributes'} or in {root.parent}; attribute annotations "
+                    "are optional in CUB but needed for this call")
+
+
+def cub_attribute_groups(root: str | Path) -> list[str]:
+    """The attribute groups of attributes.txt in id order, as words: "has_bill_shape::curved" -> "bill shape"
+    (28 in CUB-200-2011). They are the vocabulary the judge's prompt names on CUB (saga.data.vocabulary)."""
+    names_file = _attribute_file(find_cub_root(root), "attributes.txt")
+    groups: list[str] = []
+    for line, (_, name) in read_fields(names_file, 2, names_last=True):
+        group, sep, _ = name.partition("::")
+        if not sep:
+            raise DataError(f"{names_file}, line {line}: expected <group>::<value>, found {name!r}")
+        word = group.removeprefix("has_").replace("_", " ").strip()
+        if word not in groups:
+            groups.append(word)
+    return groups
 
 
 def _attribute_rows(path: Path) -> np.ndarray:

@@ -10,15 +10,23 @@ Mode (docs/method.md, "The judge"): gradient checkpointing only runs on modules 
 mode keeps every layer's activations for the backward pass. With checkpointing on, the judge is kept in train mode
 (Qwen-VL's attention dropout is 0, so its outputs do not change); without it, in eval mode. `rollout` switches to
 eval mode for `generate` only.
+
+Vocabulary (saga.data.vocabulary): the attributes the pair prompt names. `judge_vocabulary` resolves the config's
+setting; "auto" gives no vocabulary to a synthetic judge pretrained before vocabularies existed, which never saw
+a prompt naming attributes (its pretrain.json has no `vocabulary_subsets`).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from saga.data.vocabulary import AUTO, resolve_vocabulary
+from saga.errors import CheckpointError
 
 from saga.judge import rollout as rollouts
 from saga.judge import scoring
@@ -26,18 +34,42 @@ from saga.judge.rollout import Rollout
 from saga.judge.scoring import Scores
 from saga.models import EncoderOutput, enable_activation_checkpointing, load_vlm
 
+VOCABULARY_KEY = "vocabulary_subsets"  # in a synthetic judge's pretrain.json: it was pretrained on vocabularies
+
+
+def reads_vocabularies(judge: str | Path) -> bool:
+    """Whether the judge was taught prompts that name attributes: False only for a synthetic judge whose
+    pretrain.json predates them (a real MLLM has no pretrain.json and reads any prompt)."""
+    meta = Path(judge) / "pretrain.json"
+    if not meta.is_file():
+        return True
+    try:
+        return VOCABULARY_KEY in json.loads(meta.read_text())
+    except (json.JSONDecodeError, TypeError) as e:
+        raise CheckpointError(f"{meta}: not readable JSON ({e})") from None
+
+
+def judge_vocabulary(setting: str | Sequence[str] | None, judge: str | Path, dataset: str,
+                     root: str | Path) -> list[str] | None:
+    """The attributes the judge's prompt names for a `model.vocabulary` setting (saga.data.vocabulary)."""
+    if setting == AUTO and not reads_vocabularies(judge):
+        return None
+    return resolve_vocabulary(setting, dataset, root)
+
 
 class FrozenJudge:
     """A frozen Qwen-VL judge. Not an nn.Module on purpose: its parameters never reach an optimizer.
 
     dataset: the dataset name that picks the prompt's subject (`saga.judge.prompts.pair_prompt`).
+    vocabulary: the attributes the prompt names, in order (None: it names none).
     """
 
     def __init__(self, model: nn.Module, processor, *, gradient_checkpointing: bool = False,
-                 dataset: str = "synth") -> None:
+                 dataset: str = "synth", vocabulary: Sequence[str] | None = None) -> None:
         self.model = model.requires_grad_(False)
         self.processor = processor
         self.dataset = dataset
+        self.vocabulary = None if vocabulary is None else list(vocabulary)
         self.gradient_checkpointing = gradient_checkpointing
         if gradient_checkpointing:
             enable_activation_checkpointing(model)
@@ -46,11 +78,13 @@ class FrozenJudge:
     @classmethod
     def load(cls, id_or_path: str | Path, *, device: str = "auto", dtype: str | torch.dtype = "auto",
              attn_implementation: str = "sdpa", gradient_checkpointing: bool = False,
-             trust_remote_code: bool = False, dataset: str = "synth") -> FrozenJudge:
+             trust_remote_code: bool = False, dataset: str = "synth",
+             vocabulary: Sequence[str] | None = None) -> FrozenJudge:
         """Load a Qwen3-VL / Qwen2.5-VL checkpoint (hub id or directory) as a frozen judge (see `load_vlm`)."""
         model, processor = load_vlm(id_or_path, device=device, dtype=dtype, attn_implementation=attn_implementation,
                                     trust_remote_code=trust_remote_code)
-        return cls(model, processor, gradient_checkpointing=gradient_checkpointing, dataset=dataset)
+        return cls(model, processor, gradient_checkpointing=gradient_checkpointing, dataset=dataset,
+                   vocabulary=vocabulary)
 
     @property
     def tokenizer(self):
@@ -72,11 +106,12 @@ class FrozenJudge:
         """G sampled completions per pair of `enc_out` (2P images a0, b0, a1, b1, ...); see `saga.judge.rollout`."""
         return rollouts.rollout(self.model, self.processor, enc_out, dataset=self.dataset,
                                 num_generations=num_generations, max_new_tokens=max_new_tokens,
-                                temperature=temperature, top_p=top_p, seed=seed)
+                                temperature=temperature, top_p=top_p, seed=seed, vocabulary=self.vocabulary)
 
     def teacher_forced(self, enc_out: EncoderOutput, answers: Sequence[str]) -> Rollout:
         """Given answers, one per pair of `enc_out`, as a Rollout to `score`; see `saga.judge.rollout`."""
-        return rollouts.teacher_forced(self.processor, enc_out, answers, dataset=self.dataset)
+        return rollouts.teacher_forced(self.processor, enc_out, answers, dataset=self.dataset,
+                                       vocabulary=self.vocabulary)
 
     def score(self, enc_out: EncoderOutput, rollout: Rollout, *, attention_layers: list[int] | None = None,
               temperature: float = 1.0) -> Scores:

@@ -8,6 +8,10 @@ Two pair sets, both drawn deterministically from `seed`:
 With class attributes the comparison lines are scored too: "attribute_accuracy" is the share of attribute values
 (each attribute, each image of a pair) that the answer states correctly, a missing line counting as wrong.
 
+With `vocabulary` (a `model.vocabulary` setting, saga.data.vocabulary) the prompt names those attributes; the
+attribute accuracies then cover only them, and the verdicts are still scored against the classes. Asked about the
+attributes that separate the test classes, this measures how well the judge reads exactly those.
+
 With `encoder` (a `saga train` export folder), the judge reads the images through that trained tower instead of its
 own: how well the frozen judge sees the unseen classes through the encoder that SAGA's L_GRPO trained (the RL
 objective, measured greedily on test pairs), beside the same number for the judge's own tower.
@@ -29,7 +33,8 @@ from tqdm import tqdm
 
 from saga.data import Split, load_dataset, load_image
 from saga.errors import CheckpointError, DataError
-from saga.judge.prompts import format_comparison, parse_verdict, values_stated_correctly
+from saga.judge import judge_vocabulary
+from saga.judge.prompts import format_comparison, parse_verdict, restrict, values_stated_correctly
 from saga.models import load_model, load_vlm
 from saga.synth import SCHEMA
 from saga.synth.pairs import PairInputs
@@ -150,10 +155,11 @@ def use_encoder(model, export_dir: str | Path) -> int:
 
 def evaluate_judge(judge_dir: str | Path, dataset: str = "synth", root: str | Path = "", split: str = "test",
                    pairs: int = 200, seed: int = 0, device: str = "auto", *, encoder: str | Path | None = None,
-                   batch_size: int = 32, image_size: int | None = None, max_new_tokens: int | None = None) -> dict:
+                   batch_size: int = 32, image_size: int | None = None, max_new_tokens: int | None = None,
+                   vocabulary: str | Sequence[str] | None = "auto") -> dict:
     """Verdict (and, with class attributes, attribute) accuracy of the judge at `judge_dir` on `pairs` balanced
     pairs and `pairs` one-attribute pairs of a dataset split, read through its own tower or `encoder` (an export
-    folder). Returns a flat dict (see the module docstring)."""
+    folder), prompted with `vocabulary`. Returns a flat dict (see the module docstring)."""
     if pairs < 2:
         raise DataError(f"--pairs must be at least 2 (one same and one different pair), got {pairs}")
     splits = load_dataset(dataset, root)
@@ -161,7 +167,8 @@ def evaluate_judge(judge_dir: str | Path, dataset: str = "synth", root: str | Pa
     model, processor = load_vlm(judge_dir, device=device)
     if encoder is not None:
         image_size = image_size or use_encoder(model, encoder)
-    inputs = PairInputs(processor, image_size or judge_image_size(judge_dir), dataset)
+    names = judge_vocabulary(vocabulary, judge_dir, dataset, root)
+    inputs = PairInputs(processor, image_size or judge_image_size(judge_dir), dataset, names)
     if max_new_tokens is None:
         max_new_tokens = comparison_budget(inputs.tokenizer) if attributes else FREE_TEXT_TOKENS
     rng = np.random.default_rng(seed)
@@ -173,7 +180,7 @@ def evaluate_judge(judge_dir: str | Path, dataset: str = "synth", root: str | Pa
         if len(close):
             sets["one_attribute"] = (close, np.zeros(len(close), dtype=bool))
     result: dict = {"judge": str(judge_dir), "encoder": None if encoder is None else str(encoder),
-                    "dataset": dataset, "root": str(root), "split": split, "seed": seed}
+                    "dataset": dataset, "root": str(root), "split": split, "seed": seed, "vocabulary": names}
     attribute_counts: dict[str, list[int]] = {}
     total_unparseable = total_pairs = 0
     for name, (idx, same) in sets.items():
@@ -191,8 +198,8 @@ def evaluate_judge(judge_dir: str | Path, dataset: str = "synth", root: str | Pa
         total_pairs += counts["pairs"]
         if attributes:
             labels = data.labels[idx]
-            per_attr = attribute_tally(texts, [attributes[c] for c in labels[:, 0]],
-                                       [attributes[c] for c in labels[:, 1]])
+            per_attr = attribute_tally(texts, [restrict(attributes[c], names) for c in labels[:, 0]],
+                                       [restrict(attributes[c], names) for c in labels[:, 1]])
             for attr, (c, t) in per_attr.items():
                 attribute_counts.setdefault(attr, [0, 0])
                 attribute_counts[attr][0] += c
