@@ -128,10 +128,16 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from saga.synth import generate_world
+    from saga.errors import ConfigError
+    from saga.synth import WorldShift, generate_world
 
+    try:
+        shift = WorldShift(**{k: tuple(getattr(args, k)) for k in ("train_varied", "test_varied", "train_fixed")
+                              if getattr(args, k) is not None})
+    except ValueError as e:
+        raise ConfigError(f"saga synth: {e}") from None
     out = generate_world(args.out, num_classes=args.classes, images_per_class=args.images_per_class,
-                         size=args.size, seed=args.seed, preview=args.preview, workers=args.workers)
+                         size=args.size, seed=args.seed, preview=args.preview, workers=args.workers, shift=shift)
     print(f"wrote the synthetic world to {out}")
     return 0
 
@@ -280,6 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--preview", action="store_true", help="also write a contact sheet of one family")
     q.add_argument("--workers", type=int, default=0, help="processes (0: one per core)")
+    q.add_argument("--train-varied", nargs="+", metavar="ATTR",
+                   help="attributes that may separate siblings inside training families (default: all)")
+    q.add_argument("--test-varied", nargs="+", metavar="ATTR",
+                   help="attributes that may separate siblings inside test families (default: all)")
+    q.add_argument("--train-fixed", nargs="+", metavar="ATTR",
+                   help="attributes held fixed across all training classes (default: none)")
     q.set_defaults(func=cmd_synth)
 
     judge = sub.add_parser("judge", help="the frozen MLLM judge").add_subparsers(dest="judge_command", required=True)

@@ -117,6 +117,23 @@ def test_a_finished_world_is_reused_only_if_its_parameters_are_the_tables(synth_
     assert (synth_world / "world.json").stat().st_mtime_ns == stamp  # and nothing was removed
 
 
+def test_a_table_renders_a_shifted_world_and_refuses_one_of_another_shift(tmp_path):
+    rows = [Row("r", tmp_path / "r.yaml")]
+    world = {"out": str(tmp_path / "w"), "classes": 12, "images_per_class": 1, "size": 32, "seed": 0,
+             "train_varied": ["body_color", "wing_color"], "test_varied": ["crest", "tail_shape"],
+             "train_fixed": ["crest", "tail_shape"]}
+    ensure_world(Table(rows, world=world, path=tmp_path / "t.yaml"))
+    shift = json.loads((tmp_path / "w" / "world.json").read_text())["shift"]
+    assert shift["test_varied"] == ["crest", "tail_shape"] and set(shift["train_fixed"]) == {"crest", "tail_shape"}
+    ensure_world(Table(rows, world=world, path=tmp_path / "t.yaml"))  # the same world: reused
+    with pytest.raises(ConfigError, match=r"world\.json: .*shift WorldShift\(.*\(table: WorldShift"):
+        ensure_world(Table(rows, world={**world, "train_fixed": ["crest"]}, path=tmp_path / "t.yaml"))
+    with pytest.raises(ConfigError, match=r"t\.yaml: world: unknown key\(s\) \['train_fix'\]"):
+        ensure_world(Table(rows, world={**world, "train_fix": []}, path=tmp_path / "t.yaml"))
+    with pytest.raises(ConfigError, match="t.yaml: world: test_varied: unknown attribute"):
+        ensure_world(Table(rows, world={**world, "test_varied": ["beak"]}, path=tmp_path / "t.yaml"))
+
+
 def test_table_errors_name_the_file(tmp_path):
     bad = tmp_path / "t.yaml"
     bad.write_text("rows: []\nwrold: {}\n")

@@ -5,6 +5,7 @@
 The table file names the synthetic world to build (if any), overrides applied to every row, and the rows:
 
     world: {out: data/synth, classes: 200, images_per_class: 60, size: 128, seed: 0}   # optional
+    # a shifted world also names train_varied, test_varied and train_fixed (lists of attributes, saga synth)
     overrides: [data.root=data/synth]
     rows:
       - {name: pre-trained backbone, config: proxy_anchor.yaml, overrides: [optim.steps=0]}
@@ -93,17 +94,27 @@ def _finished(cfg: TrainConfig) -> dict | None:
         return None
 
 
+WORLD_KEYS = ("out", "classes", "images_per_class", "size", "seed", "train_varied", "test_varied", "train_fixed")
+
+
 def ensure_world(table: Table) -> None:
     """Render the table's synthetic world unless a complete one is already there."""
     if not table.world:
         return
-    from saga.synth import load_world
+    from saga.synth import WorldShift, load_world
     from saga.synth.generate import WORLD_FILE, generate_world, world_complete
 
     w = dict(table.world)
+    unknown = sorted(set(w) - set(WORLD_KEYS))
+    if unknown or "out" not in w:
+        raise ConfigError(f"{table.path}: world: unknown key(s) {unknown} or no 'out'; known: {list(WORLD_KEYS)}")
     out = Path(w.pop("out"))
+    try:
+        shift = WorldShift(**{k: tuple(w[k]) for k in ("train_varied", "test_varied", "train_fixed") if k in w})
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{table.path}: world: {e}") from None
     wanted = {"num_classes": w.get("classes", 200), "images_per_class": w.get("images_per_class", 60),
-              "size": w.get("size", 128), "seed": w.get("seed", 0)}
+              "size": w.get("size", 128), "seed": w.get("seed", 0), "shift": shift}
     if not world_complete(out):  # world.json alone is what an interrupted render leaves
         print(f"rendering the synthetic world into {out} ...")
         generate_world(out, **wanted, preview=True)
@@ -111,7 +122,7 @@ def ensure_world(table: Table) -> None:
     # A finished world of other parameters would silently give another benchmark: refuse it, delete nothing.
     world = load_world(out)
     found = {"num_classes": len(world.classes), "images_per_class": world.images_per_class, "size": world.size,
-             "seed": world.seed}
+             "seed": world.seed, "shift": world.shift}
     differ = [f"{k} {found[k]} (table: {v})" for k, v in wanted.items() if found[k] != v]
     if differ:
         raise ConfigError(f"{out / WORLD_FILE}: this world was rendered with {', '.join(differ)}; remove {out} to "
