@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import sys
 from pathlib import Path
@@ -181,7 +182,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from saga.app.benchmark import format_results, load_table, run_table, write_results
+    from saga.app.benchmark import format_results, load_table, run_table, write_report, write_results
 
     table = load_table(args.config)
     command = "saga " + " ".join(sys.argv[1:] if args.argv is None else args.argv)
@@ -189,7 +190,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     results = run_table(table, args.seeds, args.out, args.overrides,
                         on_result=lambda partial: write_results(partial, args.out, command, table, runs))
     path = write_results(results, args.out, command, table)
-    print("\n" + format_results(results) + f"\n\nwrote {path}")
+    report = write_report(table, results, args.out, args.seeds[0], title=f"saga benchmark: {args.config}",
+                          notes=f"<p><code>{html.escape(command)}</code></p>", extra=args.overrides)
+    print("\n" + format_results(results) + f"\n\nwrote {path} and {report}")
     return 0
 
 

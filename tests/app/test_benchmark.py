@@ -49,6 +49,10 @@ def test_benchmark_runs_every_row_and_seed_then_reuses_finished_runs(table, tmp_
     assert doc["mean"]["Proxy Anchor"]["R@1"] == pytest.approx(sum(r1) / 2)
     assert doc["std"]["Proxy Anchor"]["R@1"] == pytest.approx(abs(r1[0] - r1[1]) / 2)
     assert "standard deviation" in (out / "results.md").read_text()
+    # the report: mean ± std, and what the judge wrote at the first and the last logged step of the SAGA row
+    report = (out / "report.html").read_text()
+    assert "&plusmn;" in report and "SAGA w/o L_KL, seed 0" in report
+    assert "<h3>step 1</h3>" in report and "<h3>step 2</h3>" in report and "truth: same class" in report
 
     # A run saved before a config key existed is the same run: the missing key counts as its default.
     older = out / "proxy_anchor" / "seed0" / "config.yaml"
@@ -156,6 +160,7 @@ def test_demo_writes_the_table_and_a_report_with_every_section(table, tmp_path, 
     assert html.count("<figcaption>judge</figcaption>") == 3  # one per test class of the tiny world
     assert html.count("<figcaption>pooler</figcaption>") == 3
     assert html.count("&#10003;") + html.count("&#10007;") == 6 * 5  # 6 queries x top-5
+    assert "What the judge wrote" in html and html.count("<h3>step ") == 2 and html.count("<pre>") == 2 * 2
     assert json.loads((out / "results.json").read_text())["command"].startswith("saga demo")
 
     # The retrieval grid reads the first SAGA row's test embeddings; a run from before they were written gets them.
