@@ -8,10 +8,10 @@ docs/design.md, "One SAGA step": `judge.rollout(tokens.detach(), G)`. What keeps
   indexing (`EncoderOutput.take`), and the judge reads them through `saga.models.vision_inputs`;
 - the image tokens are detached: sampling needs no gradient, `score` re-reads them with gradient.
 
-Each pair's prompt is the judge's chat template applied to `pair_messages(dataset, vocabulary)`, with each image's single
-`<|image_pad|>` expanded to as many as the image has tokens (grid_h * grid_w / merge_size^2, from grid_thw), as the
-processor itself does for PIL images. Prompts of different lengths (images of different sizes) are left-padded, so
-every completion starts at the same column `prompt_length`.
+Each pair's prompt is the judge's chat template applied to `pair_messages(dataset, vocabulary)`, with each image's
+single `<|image_pad|>` expanded to as many as the image has tokens (grid_h * grid_w / merge_size^2, from grid_thw), as
+the processor itself does for PIL images. Prompts of different lengths (images of different sizes) are left-padded,
+so every completion starts at the same column `prompt_length`.
 """
 
 from __future__ import annotations
