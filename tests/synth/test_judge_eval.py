@@ -111,6 +111,8 @@ def test_an_oracle_scores_one(world, judge, monkeypatch):
     monkeypatch.setattr(ev, "generate_answers", _fake_answers(oracle))
     res = ev.evaluate_judge(judge, "synth", world, "test", pairs=8, device="cpu")
     assert res["accuracy_balanced"] == res["accuracy_one_attribute"] == res["attribute_accuracy"] == 1.0
+    per_attribute = [v for k, v in res.items() if k.startswith("accuracy_one_attribute.")]
+    assert per_attribute and all(v == 1.0 for v in per_attribute)
     assert res["unparseable"] == 0.0 and res["accuracy_same"] == res["accuracy_different"] == 1.0
 
 
@@ -173,6 +175,9 @@ def test_a_vocabulary_is_named_in_the_prompt_and_limits_the_attribute_scores(wor
     monkeypatch.setattr(ev, "generate_answers", crest_only)
     res = ev.evaluate_judge(judge, "synth", world, "test", pairs=8, device="cpu", vocabulary=["crest"])
     assert "Compare these attributes one by one: crest." in prompts[0]
+    # every one-attribute pair gets "same": right for none, whichever attribute tells it apart
+    differing = [k for k in res if k.startswith("accuracy_one_attribute.")]
+    assert differing and all(res[k] == 0.0 for k in differing)
     assert res["vocabulary"] == ["crest"] and res["attribute_accuracy"] == res["attribute_accuracy.crest"] == 1.0
     assert not any(k.startswith("attribute_accuracy.") and k != "attribute_accuracy.crest" for k in res)
     full = ev.evaluate_judge(judge, "synth", world, "test", pairs=8, device="cpu")  # pretrained without vocabularies

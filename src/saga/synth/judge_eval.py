@@ -4,7 +4,8 @@ Two pair sets, both drawn deterministically from `seed`:
 - balanced: half the pairs are two different images of one class, half are images of two different classes
   (uniform over classes) -> "accuracy_balanced" (and its two halves "accuracy_same" / "accuracy_different");
 - one attribute (datasets with class attributes, i.e. the synthetic world): pairs of classes that differ in
-  exactly one attribute, the benchmark's hardest negatives -> "accuracy_one_attribute".
+  exactly one attribute, the benchmark's hardest negatives -> "accuracy_one_attribute", and per attribute that
+  differs, "accuracy_one_attribute.<name>" (a vocabulary that leaves the attribute out makes those pairs "same").
 With class attributes the comparison lines are scored too: "attribute_accuracy" is the share of attribute values
 (each attribute, each image of a pair) that the answer states correctly, a missing line counting as wrong.
 
@@ -194,6 +195,12 @@ def evaluate_judge(judge_dir: str | Path, dataset: str = "synth", root: str | Pa
             diff_half = tally([t for t, s in zip(texts, same) if not s], [False] * int((~same).sum()))
             result["accuracy_same"] = same_half["correct"] / max(1, same_half["pairs"])
             result["accuracy_different"] = diff_half["correct"] / max(1, diff_half["pairs"])
+        if name == "one_attribute":  # which attribute tells each pair apart
+            labels = data.labels[idx]
+            differing = [next(k for k, v in attributes[a].items() if attributes[b][k] != v) for a, b in labels]
+            for attr in (n for n in attributes[labels[0, 0]] if n in differing):  # schema order
+                kept = [t for t, d in zip(texts, differing) if d == attr]
+                result[f"accuracy_one_attribute.{attr}"] = tally(kept, [False] * len(kept))["correct"] / len(kept)
         total_unparseable += counts["unparseable"]
         total_pairs += counts["pairs"]
         if attributes:
