@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import logging
 import sys
@@ -129,10 +130,16 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from saga.synth import generate_world
+    from saga.errors import ConfigError
+    from saga.synth import WorldShift, generate_world
 
+    try:
+        shift = WorldShift(**{k: tuple(getattr(args, k)) for k in ("train_varied", "test_varied", "train_fixed")
+                              if getattr(args, k) is not None})
+    except ValueError as e:
+        raise ConfigError(f"saga synth: {e}") from None
     out = generate_world(args.out, num_classes=args.classes, images_per_class=args.images_per_class,
-                         size=args.size, seed=args.seed, preview=args.preview, workers=args.workers)
+                         size=args.size, seed=args.seed, preview=args.preview, workers=args.workers, shift=shift)
     print(f"wrote the synthetic world to {out}")
     return 0
 
@@ -151,7 +158,8 @@ def cmd_judge_eval(args: argparse.Namespace) -> int:
     from saga.synth.judge_eval import evaluate_judge
 
     res = evaluate_judge(args.judge, dataset=args.dataset, root=args.root, split=args.split,
-                         pairs=args.pairs, seed=args.seed, device=args.device, encoder=args.encoder)
+                         pairs=args.pairs, seed=args.seed, device=args.device, encoder=args.encoder,
+                         vocabulary=vocabulary_arg(args.vocabulary))
     for k, v in res.items():
         print(f"{k:32s} {v:.4f}" if isinstance(v, float) else f"{k:32s} {v}")
     _write_json(res, args.json)
@@ -177,7 +185,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from saga.app.benchmark import format_results, load_table, run_table, write_results
+    from saga.app.benchmark import format_results, load_table, run_table, write_report, write_results
 
     table = load_table(args.config)
     command = "saga " + " ".join(sys.argv[1:] if args.argv is None else args.argv)
@@ -185,7 +193,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     results = run_table(table, args.seeds, args.out, args.overrides,
                         on_result=lambda partial: write_results(partial, args.out, command, table, runs))
     path = write_results(results, args.out, command, table)
-    print("\n" + format_results(results) + f"\n\nwrote {path}")
+    report = write_report(table, results, args.out, args.seeds[0], title=f"saga benchmark: {args.config}",
+                          notes=f"<p><code>{html.escape(command)}</code></p>", extra=args.overrides)
+    print("\n" + format_results(results) + f"\n\nwrote {path} and {report}")
     return 0
 
 
@@ -194,6 +204,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     run_demo(args.out, args.table, seed=args.seed)
     return 0
+
+
+def vocabulary_arg(values: list[str]) -> str | list[str]:
+    """--vocabulary: one word (auto, none, or a file) stays a setting; several are the attribute names."""
+    if len(values) == 1 and (values[0] in ("auto", "none") or Path(values[0]).is_file()):
+        return values[0]
+    return values
 
 
 def _positive(text: str) -> int:
@@ -282,6 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--preview", action="store_true", help="also write a contact sheet of one family")
     q.add_argument("--workers", type=int, default=0, help="processes (0: one per core)")
+    q.add_argument("--train-varied", nargs="+", metavar="ATTR",
+                   help="attributes that may separate siblings inside training families (default: all)")
+    q.add_argument("--test-varied", nargs="+", metavar="ATTR",
+                   help="attributes that may separate siblings inside test families (default: all)")
+    q.add_argument("--train-fixed", nargs="+", metavar="ATTR",
+                   help="attributes held fixed across all training classes (default: none)")
     q.set_defaults(func=cmd_synth)
 
     judge = sub.add_parser("judge", help="the frozen MLLM judge").add_subparsers(dest="judge_command", required=True)
@@ -305,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--pairs", type=int, default=200)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--device", default="auto")
+    q.add_argument("--vocabulary", nargs="+", default=["auto"], metavar="NAME",
+                   help="the attributes the prompt names: auto (the dataset's), none, a file, or the names")
     q.add_argument("--json", help="write the results to this JSON file")
     q.set_defaults(func=cmd_judge_eval)
 

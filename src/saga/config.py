@@ -47,6 +47,8 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     judge: str = _f("", "frozen MLLM judge: hub id (e.g. Qwen/Qwen3-VL-8B-Instruct) or local directory")
+    vocabulary: list[str] | str | None = _f("auto", "attributes the judge's prompt names: auto (the dataset's; none "
+                                             "for a synthetic judge pretrained without), a list, a file, or null")
     backbone: str | None = _f(None, "encoder initialisation; None = the judge's own vision tower (paper setting)")
     pooler: str = _f("auto", "a pooler of saga.models.POOLERS (mean, attention), or auto: the method's own")
     pooler_heads: int = _f(1, "attention pooler heads (their weights are averaged into one distribution)", ge=1)

@@ -49,6 +49,10 @@ def test_benchmark_runs_every_row_and_seed_then_reuses_finished_runs(table, tmp_
     assert doc["mean"]["Proxy Anchor"]["R@1"] == pytest.approx(sum(r1) / 2)
     assert doc["std"]["Proxy Anchor"]["R@1"] == pytest.approx(abs(r1[0] - r1[1]) / 2)
     assert "standard deviation" in (out / "results.md").read_text()
+    # the report: mean ± std, and what the judge wrote at the first and the last logged step of the SAGA row
+    report = (out / "report.html").read_text()
+    assert "&plusmn;" in report and "SAGA w/o L_KL, seed 0" in report
+    assert "<h3>step 1</h3>" in report and "<h3>step 2</h3>" in report and "truth: same class" in report
 
     # A run saved before a config key existed is the same run: the missing key counts as its default.
     older = out / "proxy_anchor" / "seed0" / "config.yaml"
@@ -117,6 +121,23 @@ def test_a_finished_world_is_reused_only_if_its_parameters_are_the_tables(synth_
     assert (synth_world / "world.json").stat().st_mtime_ns == stamp  # and nothing was removed
 
 
+def test_a_table_renders_a_shifted_world_and_refuses_one_of_another_shift(tmp_path):
+    rows = [Row("r", tmp_path / "r.yaml")]
+    world = {"out": str(tmp_path / "w"), "classes": 12, "images_per_class": 1, "size": 32, "seed": 0,
+             "train_varied": ["body_color", "wing_color"], "test_varied": ["crest", "tail_shape"],
+             "train_fixed": ["crest", "tail_shape"]}
+    ensure_world(Table(rows, world=world, path=tmp_path / "t.yaml"))
+    shift = json.loads((tmp_path / "w" / "world.json").read_text())["shift"]
+    assert shift["test_varied"] == ["crest", "tail_shape"] and set(shift["train_fixed"]) == {"crest", "tail_shape"}
+    ensure_world(Table(rows, world=world, path=tmp_path / "t.yaml"))  # the same world: reused
+    with pytest.raises(ConfigError, match=r"world\.json: .*shift WorldShift\(.*\(table: WorldShift"):
+        ensure_world(Table(rows, world={**world, "train_fixed": ["crest"]}, path=tmp_path / "t.yaml"))
+    with pytest.raises(ConfigError, match=r"t\.yaml: world: unknown key\(s\) \['train_fix'\]"):
+        ensure_world(Table(rows, world={**world, "train_fix": []}, path=tmp_path / "t.yaml"))
+    with pytest.raises(ConfigError, match="t.yaml: world: test_varied: unknown attribute"):
+        ensure_world(Table(rows, world={**world, "test_varied": ["beak"]}, path=tmp_path / "t.yaml"))
+
+
 def test_table_errors_name_the_file(tmp_path):
     bad = tmp_path / "t.yaml"
     bad.write_text("rows: []\nwrold: {}\n")
@@ -139,6 +160,7 @@ def test_demo_writes_the_table_and_a_report_with_every_section(table, tmp_path, 
     assert html.count("<figcaption>judge</figcaption>") == 3  # one per test class of the tiny world
     assert html.count("<figcaption>pooler</figcaption>") == 3
     assert html.count("&#10003;") + html.count("&#10007;") == 6 * 5  # 6 queries x top-5
+    assert "What the judge wrote" in html and html.count("<h3>step ") == 2 and html.count("<pre>") == 2 * 2
     assert json.loads((out / "results.json").read_text())["command"].startswith("saga demo")
 
     # The retrieval grid reads the first SAGA row's test embeddings; a run from before they were written gets them.

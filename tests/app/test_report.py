@@ -3,7 +3,7 @@ import re
 import numpy as np
 from PIL import Image
 
-from saga.app.report import AttentionExample, RetrievalRow, _heatmap, write_report
+from saga.app.report import AttentionExample, JudgeSample, RetrievalRow, _heatmap, write_report
 
 
 def _img(colour):
@@ -40,3 +40,20 @@ def test_heatmap_puts_weight_where_the_token_is():
     assert r == 255 and abs(int(g) - 102) <= 1 and g == b
     assert tuple(heat[2, 2]) == (255, 255, 255)
     assert tuple(heat[17, 17]) == (255, 255, 255)
+
+
+def test_report_shows_what_the_judge_wrote_with_its_verdict_and_reward(tmp_path):
+    samples = [JudgeSample(25, _img("red"), _img("red"), True, "crest: tall / tall match\nAnswer: same", True, 1.0,
+                           "042.A / 042.A"),
+               JudgeSample(200, _img("red"), _img("blue"), False, "crest: <tall> / none mismatch", None, 0.0,
+                           "042.A / 043.B")]
+    doc = write_report(tmp_path / "report.html", title="t", table={"SAGA": {"R@1": 0.5}}, judge_samples=samples,
+                       judge_source="SAGA, seed 0").read_text()
+    assert "What the judge wrote" in doc and "SAGA, seed 0" in doc
+    assert doc.index("<h3>step 25</h3>") < doc.index("<h3>step 200</h3>")
+    assert "<pre>crest: tall / tall match\nAnswer: same</pre>" in doc
+    assert "<pre>crest: &lt;tall&gt; / none mismatch</pre>" in doc  # the judge's text is escaped
+    assert "verdict: same</span>; reward 1" in doc and "verdict: none</span>; reward 0" in doc
+    assert "truth: same class" in doc and "truth: different classes" in doc and "042.A / 043.B" in doc
+    assert "No logged completions" in write_report(tmp_path / "empty.html", title="t",
+                                                  table={"SAGA": {"R@1": 0.5}}).read_text()

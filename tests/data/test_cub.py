@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from saga.cli import main
-from saga.data import attribute_groups, load_dataset, read_cub_attribute_groups, read_cub_attributes
+from saga.data import load_dataset, read_cub_attributes
 from saga.data.base import OfficialCounts
 from saga.data.cub import load_cub
 from saga.errors import DataError
@@ -130,8 +130,23 @@ def test_attribute_errors_name_file_and_line(tmp_path, fakes, text, message):
 
 def test_missing_attribute_files_are_reported(tmp_path, fakes):
     root = fakes.make_cub(tmp_path, num_classes=2, per_class=1)
-    with pytest.raises(DataError, match="no attributes.txt here or in"):
+    with pytest.raises(DataError, match="no attributes.txt here, in .*attributes or in"):
         read_cub_attributes(root)
+
+
+def test_attribute_groups_are_the_vocabulary_wherever_attributes_txt_lies(tmp_path, fakes):
+    from saga.data import cub_attribute_groups, dataset_vocabulary
+
+    root = fakes.make_cub(tmp_path, num_classes=2, per_class=1, attributes=True)
+    (root / "attributes.txt").write_text("1 has_bill_shape::curved\n2 has_bill_shape::dagger\n"
+                                         "3 has_wing_color::blue\n4 has_under_tail_color::red\n")
+    assert cub_attribute_groups(root) == ["bill shape", "wing color", "under tail color"]
+    assert dataset_vocabulary("cub", tmp_path) == ["bill shape", "wing color", "under tail color"]
+    (root / "attributes.txt").rename(tmp_path / "attributes.txt")  # where the archive unpacks it
+    assert cub_attribute_groups(root) == ["bill shape", "wing color", "under tail color"]
+    (tmp_path / "attributes.txt").write_text("1 has_bill_shape\n")
+    with pytest.raises(DataError, match=r"attributes.txt, line 1: expected <group>::<value>"):
+        cub_attribute_groups(root)
 
 
 def test_cli_data_info_json(tmp_path, fakes, capsys):
@@ -155,19 +170,3 @@ def test_a_full_set_with_other_counts_loads_on_purpose_with_a_warning(tmp_path, 
     assert ds.info() == {"train": {"classes": 100, "images": 100}, "test": {"classes": 100, "images": 100}}
     assert "train images: expected 5,864, found 100" in caplog.text and "count check off" in caplog.text
     assert json.loads(capsys.readouterr().out)["train"]["images"] == 100
-
-
-def test_attribute_groups_of_cub_and_the_synthetic_world(tmp_path, fakes):
-    root = fakes.make_cub(tmp_path, num_classes=2, per_class=1, attributes=True)
-    with (root / "attributes.txt").open("a") as f:  # a second value of a group: the group is listed once
-        f.write("4 has_bill_shape::dagger\n")
-    assert read_cub_attribute_groups(tmp_path) == ["bill_shape", "wing_color", "crest"]
-    assert attribute_groups("cub", tmp_path) == ["bill_shape", "wing_color", "crest"]
-    (root / "attributes.txt").write_text("1 has_bill_shape::curved\n2 no separator\n")
-    with pytest.raises(DataError, match=r"attributes.txt, line 2: expected '<group>::<value>'"):
-        read_cub_attribute_groups(root)
-    # the synthetic world: its schema's ten attributes, in schema order; datasets without attributes: an error
-    assert attribute_groups("synth", tmp_path)[:3] == ["body_color", "wing_color", "wing_pattern"]
-    assert len(attribute_groups("synth", tmp_path)) == 10
-    with pytest.raises(DataError, match="'cars' has no attribute annotations.*agff.aspects"):
-        attribute_groups("cars", tmp_path)

@@ -35,7 +35,8 @@ def test_prompts_expand_each_image_to_its_token_count_and_left_pad(judge):
     assert mask[0].all() and mask[1].tolist() == [0] * 12 + [1] * (ids.shape[1] - 12)  # 20 - 8 image tokens
     pad = judge.processor.image_token
     expected = [f"<|im_start|>user\nA:<|vision_start|>{pad * a}<|vision_end|>B:<|vision_start|>{pad * b}"
-                f"<|vision_end|>{pair_prompt('synth')}<|im_end|>\n<|im_start|>assistant\n" for a, b in [(4, 16), (4, 4)]]
+                f"<|vision_end|>{pair_prompt('synth')}<|im_end|>\n<|im_start|>assistant\n"
+                for a, b in [(4, 16), (4, 4)]]
     assert tok.decode(ids[0]) == expected[0]
     assert tok.decode(ids[1][12:]) == expected[1]
     with pytest.raises(ValueError, match="pairs"):

@@ -112,3 +112,27 @@ def test_world_complete_tells_a_finished_world_from_an_interrupted_one(world, tm
     (interrupted / "attributes" / "image_attribute_labels.txt").unlink()  # killed before the last annotation file
     assert not world_complete(interrupted)
     assert not world_complete(tmp_path / "missing")
+
+
+def test_the_default_world_is_byte_for_byte_what_it_was(tmp_path):
+    """The sha256 over (relative path, sha256 of the bytes) of every file, in sorted path order, of
+    `generate_world(out, 12, 2, 64, seed=0, preview=True, workers=1)`: computed at commit 275d960, before shifted
+    worlds existed, with Pillow 13.0.0 and numpy 2.4.6 (other versions of those may encode other JPEG bytes)."""
+    out = generate_world(tmp_path / "w", 12, 2, 64, seed=0, preview=True, workers=1)
+    h = hashlib.sha256()
+    for name, digest in digests(out).items():
+        h.update(name.encode() + b"\0" + bytes.fromhex(digest))
+    assert h.hexdigest() == "ccc1fe36694cd490987c8372831307d13a48372f2454daf5b60a049750453563"
+
+
+def test_cli_renders_a_shifted_world_the_same_twice(tmp_path):
+    args = ["--classes", "12", "--images-per-class", "1", "--size", "32", "--workers", "1",
+            "--train-varied", "body_color", "wing_color", "--test-varied", "crest", "tail_shape",
+            "--train-fixed", "crest"]
+    assert main(["synth", "--out", str(tmp_path / "a"), *args]) == 0
+    assert main(["synth", "--out", str(tmp_path / "b"), *args]) == 0
+    assert digests(tmp_path / "a") == digests(tmp_path / "b")
+    shift = json.loads((tmp_path / "a" / "world.json").read_text())["shift"]
+    assert shift["train_varied"] == ["body_color", "wing_color"] and list(shift["train_fixed"]) == ["crest"]
+    assert main(["synth", "--out", str(tmp_path / "c"), "--classes", "12", "--test-varied", "leg_color"]) == 2
+    assert not (tmp_path / "c").exists()  # refused before anything is written

@@ -111,6 +111,8 @@ def test_an_oracle_scores_one(world, judge, monkeypatch):
     monkeypatch.setattr(ev, "generate_answers", _fake_answers(oracle))
     res = ev.evaluate_judge(judge, "synth", world, "test", pairs=8, device="cpu")
     assert res["accuracy_balanced"] == res["accuracy_one_attribute"] == res["attribute_accuracy"] == 1.0
+    per_attribute = [v for k, v in res.items() if k.startswith("accuracy_one_attribute.")]
+    assert per_attribute and all(v == 1.0 for v in per_attribute)
     assert res["unparseable"] == 0.0 and res["accuracy_same"] == res["accuracy_different"] == 1.0
 
 
@@ -159,3 +161,31 @@ def test_an_encoder_of_another_geometry_is_refused(judge, tmp_path):
     folder = _export(tmp_path / "other", other, processor)
     with pytest.raises(CheckpointError, match="does not fit the judge's vision tower"):
         ev.use_encoder(model, folder)
+
+
+def test_a_vocabulary_is_named_in_the_prompt_and_limits_the_attribute_scores(world, judge, monkeypatch, capsys):
+    attrs = load_dataset("synth", world).class_attributes
+    prompts = []
+
+    def crest_only(model, inputs, split, pairs, **kwargs):  # reads the crest right and says nothing else
+        prompts.append(inputs.tokenizer.decode(inputs.prompt_ids))
+        return [f"crest: {attrs[split.labels[a]]['crest']} / {attrs[split.labels[b]]['crest']}\nAnswer: same"
+                for a, b in pairs]
+
+    monkeypatch.setattr(ev, "generate_answers", crest_only)
+    res = ev.evaluate_judge(judge, "synth", world, "test", pairs=8, device="cpu", vocabulary=["crest"])
+    assert "Compare these attributes one by one: crest." in prompts[0]
+    # every one-attribute pair gets "same": right for none, whichever attribute tells it apart
+    differing = [k for k in res if k.startswith("accuracy_one_attribute.")]
+    assert differing and all(res[k] == 0.0 for k in differing)
+    assert res["vocabulary"] == ["crest"] and res["attribute_accuracy"] == res["attribute_accuracy.crest"] == 1.0
+    assert not any(k.startswith("attribute_accuracy.") and k != "attribute_accuracy.crest" for k in res)
+    full = ev.evaluate_judge(judge, "synth", world, "test", pairs=8, device="cpu")  # pretrained without vocabularies
+    assert full["vocabulary"] is None and full["attribute_accuracy"] < 1.0 and "attribute_accuracy.leg_color" in full
+
+    from saga.cli import main, vocabulary_arg
+
+    assert vocabulary_arg(["auto"]) == "auto" and vocabulary_arg(["crest", "tail_shape"]) == ["crest", "tail_shape"]
+    assert main(["judge", "eval", "--judge", str(judge), "--root", str(world), "--pairs", "2", "--device", "cpu",
+                 "--vocabulary", "crest"]) == 0
+    assert "Compare these attributes one by one: crest." in prompts[-1]

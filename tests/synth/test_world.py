@@ -6,7 +6,7 @@ import json
 import pytest
 
 from saga.errors import DataError
-from saga.synth.world import MIN_BASE_DISTANCE, design_world, load_world, varied_attributes
+from saga.synth.world import MIN_BASE_DISTANCE, WorldShift, design_world, load_world, varied_attributes
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +92,79 @@ def test_load_world_rejects_bad_files(tmp_path, world):
     path.write_text(json.dumps(data))
     with pytest.raises(DataError, match="schema differs"):
         load_world(tmp_path)
+
+
+# ---------------------------------------------------------------- shifted worlds
+SHAPES = ("crest", "tail_shape")  # what separates test siblings and never varies among the training classes
+OTHERS = ("body_color", "wing_color", "wing_pattern", "bill_shape", "eye_ring", "breast_pattern", "head_color",
+          "leg_color")
+
+
+def test_the_default_shift_is_the_default_world(world):
+    """The sha256 of design_world(200, 0).to_json() dumped as generate_world writes it (indent=1), computed at
+    commit 275d960, before shifted worlds existed."""
+    import hashlib
+
+    assert design_world(200, 0, WorldShift()).classes == world.classes
+    text = json.dumps(world.to_json(), indent=1)
+    assert "shift" not in world.to_json()
+    assert hashlib.sha256(text.encode()).hexdigest() == (
+        "01d56fc0b035203a09a59bf7754a1b5c29793f98bb1dd5de383bcab884137adc")
+
+
+@pytest.fixture(scope="module")
+def shifted():
+    return design_world(200, 0, WorldShift(train_varied=OTHERS, test_varied=SHAPES, train_fixed=SHAPES))
+
+
+def test_siblings_differ_only_in_their_side_s_attributes(shifted):
+    n_train = shifted.num_train_classes
+    for members in shifted.families().values():
+        allowed = OTHERS if members[0].id <= n_train else SHAPES
+        assert set(varied_attributes(members)) <= set(allowed)
+    tested = {a for m in shifted.families().values() if m[0].id > n_train for a in varied_attributes(m)}
+    assert tested == set(SHAPES)  # every test-separating attribute is used
+
+
+def test_fixed_attributes_are_the_same_on_every_training_class(shifted):
+    train = [c for c in shifted.classes if c.id <= shifted.num_train_classes]
+    for name in SHAPES:
+        assert len({c.combination[name] for c in train}) == 1
+    test = [c for c in shifted.classes if c.id > shifted.num_train_classes]
+    assert all(len({c.combination[n] for c in test}) > 1 for n in SHAPES)  # the test side is free
+    for a, b in itertools.combinations(shifted.classes, 2):  # families stay apart
+        if a.family != b.family:
+            assert len(a.combination.differing(b.combination)) >= MIN_BASE_DISTANCE - 2
+
+
+def test_a_shifted_world_json_records_the_shift_and_round_trips(tmp_path, shifted):
+    data = shifted.to_json()
+    first = shifted.classes[0].combination
+    assert data["shift"] == {"train_varied": list(OTHERS), "test_varied": list(SHAPES),
+                             "train_fixed": {n: first[n] for n in SHAPES}}
+    (tmp_path / "world.json").write_text(json.dumps(data))
+    back = load_world(tmp_path)
+    assert back.shift == shifted.shift and back.classes == shifted.classes
+    order = WorldShift(train_varied=tuple(reversed(OTHERS)), test_varied=SHAPES, train_fixed=SHAPES)
+    assert design_world(200, 0, order).classes == shifted.classes  # names are taken in schema order
+    assert design_world(200, 1, shifted.shift).classes != shifted.classes
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"test_varied": ("crest", "colour")}, "unknown attribute"),
+    ({"test_varied": ("leg_color",)}, "give 2 one-attribute variants"),
+    ({"train_varied": ("crest", "bill_shape"), "train_fixed": ("crest",)}, "crest: held fixed"),
+    ({"train_fixed": OTHERS[:6], "train_varied": SHAPES + ("leg_color",)}, "cannot be 5 attributes apart"),
+])
+def test_impossible_shifts_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        WorldShift(**kwargs)
+
+
+def test_a_world_without_room_for_its_families_is_refused(monkeypatch):
+    import saga.synth.world as world_module
+
+    monkeypatch.setattr(world_module, "MAX_DRAWS", 2_000)
+    with pytest.raises(ValueError, match="hold fewer attributes fixed"):
+        design_world(200, 0, WorldShift(train_varied=OTHERS[4:], test_varied=SHAPES,
+                                        train_fixed=SHAPES + ("bill_shape",)))

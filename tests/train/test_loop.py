@@ -176,3 +176,29 @@ def test_attribute_nll_teacher_forces_each_pairs_true_comparison(tiny_config):
     assert float(term["loss"].detach()) > 0 and 0 < float(term["answer_token_prob"]) < 1
     encoder = list(parts.encoder.parameters())
     assert sum(_nonzero(_grads(term["loss"], encoder))) > len(encoder) // 2
+
+
+def test_a_vocabulary_names_its_attributes_in_the_prompt_and_restricts_the_attribute_terms(tiny_config):
+    cfg = tiny_config("saga", "weights.attribute_nll=1.0", "grpo.attribute_reward=1.0",
+                      "model.vocabulary=[tail_shape, crest]")
+    parts, batch = _setup(cfg)
+    assert parts.judge.vocabulary == ["tail_shape", "crest"]
+    data = load_dataset("synth", cfg.data.root)
+    batch.attributes = [data.class_attributes[int(y)] for y in batch.labels]
+    prompts, answers = [], []
+    rollout, forced = parts.judge.rollout, parts.judge.teacher_forced
+
+    def spy_rollout(enc_out, **kw):
+        r = rollout(enc_out, **kw)
+        prompts.append(parts.processor.tokenizer.decode(r.input_ids[0, :r.prompt_length]))
+        return r
+
+    def spy_forced(enc_out, texts):
+        answers.extend(texts)
+        return forced(enc_out, texts)
+
+    parts.judge.rollout, parts.judge.teacher_forced = spy_rollout, spy_forced
+    saga_step(parts, cfg, batch, 0)
+    assert "Compare these attributes one by one: tail_shape, crest." in prompts[0]
+    assert answers and all([line.split(":")[0] for line in a.splitlines()] == ["tail_shape", "crest", "Answer"]
+                           for a in answers)

@@ -20,6 +20,7 @@ def test_paper_presets(dataset, method):
     # Shared through ../paper.yaml: the same budget and resolution for every method.
     assert (cfg.optim.steps, cfg.data.image_size, cfg.dml.batch_size) == (3000, 448, 64)
     assert cfg.grpo.num_generations == 8 and cfg.attention.layers == [-8, -4, -1]
+    assert cfg.model.vocabulary == "auto"  # the dataset's own (saga.data.vocabulary)
 
 
 @pytest.mark.parametrize("method", ["saga", "proxy_anchor", "potential_field", "agff"])
@@ -41,13 +42,13 @@ def test_synthetic_saga_completions_fit_the_longest_comparison_of_the_shipped_ju
 
 
 @pytest.mark.parametrize(("dataset", "prompts"), [("cars", 9), ("aircraft", 9), ("inat_aves", 13), ("synth", 11)])
-def test_agff_presets_prompt_each_aspect_once(dataset, prompts):
+def test_agff_presets_prompt_each_aspect_once(dataset, prompts, synth_world):
     from saga.train.agff import agff_prompts
     from saga.train.setup import dml_name
 
-    cfg = load_config(CONFIGS / dataset / "agff.yaml")
+    cfg = load_config(CONFIGS / dataset / "agff.yaml", [f"data.root={synth_world}"] if dataset == "synth" else [])
     assert (cfg.agff.trainable, dml_name(cfg), cfg.dml.ega, cfg.dml.temperature) == ("lora", "infonce", 1.0, 0.02)
-    texts = agff_prompts(cfg)  # the synthetic world's aspects are its schema's attributes, read without the world
+    texts = agff_prompts(cfg)  # the synthetic world's aspects: its vocabulary, the schema's attributes
     assert len(texts) == len(set(texts)) == prompts
     if dataset == "synth":
         assert texts[:2] == ["bird:", "body_color:"]
@@ -61,10 +62,11 @@ def test_agff_presets_prompt_each_aspect_once(dataset, prompts):
 ALL_METHODS = {"proxy_anchor", "potential_field", "saga"}
 TABLES = {"demo.yaml": ALL_METHODS | {"agff"}, "table.yaml": ALL_METHODS, "table-cpu.yaml": ALL_METHODS,
           "sweep-cpu.yaml": {"saga"}, "neighbours-cpu.yaml": {"proxy_anchor", "saga"},
-          "table-cpu-agff.yaml": {"agff", "saga"}}
+          "table-cpu-agff.yaml": {"agff", "saga"}, "table-cpu-shifted.yaml": ALL_METHODS}
 
 
-@pytest.mark.parametrize("path", sorted(p for p in CONFIGS.rglob("*.yaml") if p.name not in TABLES),
+@pytest.mark.parametrize("path", sorted(p for p in CONFIGS.rglob("*.yaml")
+                                         if p.name not in TABLES and p.parent.name != "vocabularies"),
                          ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_every_yaml_under_configs_loads(path):
     load_config(path)

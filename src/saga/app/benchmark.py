@@ -5,6 +5,7 @@
 The table file names the synthetic world to build (if any), overrides applied to every row, and the rows:
 
     world: {out: data/synth, classes: 200, images_per_class: 60, size: 128, seed: 0}   # optional
+    # a shifted world also names train_varied, test_varied and train_fixed (lists of attributes, saga synth)
     overrides: [data.root=data/synth]
     rows:
       - {name: pre-trained backbone, config: proxy_anchor.yaml, overrides: [eval_only=true]}
@@ -15,7 +16,8 @@ Row configs are relative to the table file. Each (row, seed) is one `saga train`
 ``<out>/<row>/seed<S>``; a run whose test_metrics.json exists under the same resolved config is reused, and one
 that was interrupted resumes from its last checkpoint, so an interrupted benchmark continues where it stopped. The
 "pre-trained backbone" row is a run with `eval_only=true`: the judge's tower with mean pooling, evaluated by the
-same code as every other row.
+same code as every other row. Besides results.json and results.md, `<out>/report.html` shows the table (mean ± std),
+the training curves of the first seed and what the judge wrote early and late in the first row that reads it.
 """
 
 from __future__ import annotations
@@ -99,14 +101,26 @@ def _finished(cfg: TrainConfig) -> dict | None:
         return None
 
 
+WORLD_KEYS = ("out", "classes", "images_per_class", "size", "seed", "train_varied", "test_varied", "train_fixed")
+
+
 def ensure_world(table: Table) -> None:
     """Render the table's synthetic world unless a complete one of the same parameters is already there."""
-    if table.world:
-        from saga.synth.generate import ensure_world as ensure
+    if not table.world:
+        return
+    from saga.synth import WorldShift
+    from saga.synth.generate import ensure_world as ensure
 
-        w = dict(table.world)
-        ensure(w.pop("out"), num_classes=w.get("classes", 200), images_per_class=w.get("images_per_class", 60),
-               size=w.get("size", 128), seed=w.get("seed", 0), asked_by="table")
+    w = dict(table.world)
+    unknown = sorted(set(w) - set(WORLD_KEYS))
+    if unknown or "out" not in w:
+        raise ConfigError(f"{table.path}: world: unknown key(s) {unknown} or no 'out'; known: {list(WORLD_KEYS)}")
+    try:
+        shift = WorldShift(**{k: tuple(w[k]) for k in ("train_varied", "test_varied", "train_fixed") if k in w})
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{table.path}: world: {e}") from None
+    ensure(w["out"], num_classes=w.get("classes", 200), images_per_class=w.get("images_per_class", 60),
+           size=w.get("size", 128), seed=w.get("seed", 0), shift=shift, asked_by="table")
 
 
 def run_table(table: Table, seeds: list[int], out_dir: str | Path, extra: list[str] = (),
@@ -159,6 +173,62 @@ def format_results(results: dict, keys=REPORT_KEYS, markdown: bool = False) -> s
     if any(len(s) > 1 for s in results.values()):
         text += f"\n\nstandard deviation over seeds:\n{fmt(stds, keys)}"
     return text
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def judge_samples(run_dir: str | Path, pairs_per_step: int = 3):
+    """What the judge wrote in a run (its completions.jsonl): the first completion of `pairs_per_step` pairs of
+    the first and of the last logged step, same-class and different-class pairs alternating where both were
+    logged. Pairs whose images are no longer on disk are left out."""
+    from saga.app.report import JudgeSample
+    from saga.data import load_image
+    from saga.train.logger import COMPLETIONS
+
+    rows = read_jsonl(Path(run_dir) / COMPLETIONS)
+    steps = sorted({r["step"] for r in rows})
+    samples = []
+    for step in dict.fromkeys(steps[:1] + steps[-1:]):  # early and late (once, if only one step was logged)
+        first: dict[int, dict] = {}
+        for r in rows:
+            if r["step"] == step:
+                first.setdefault(r["pair"], r)
+        same, other = ([r for r in first.values() if r["same"] is kind] for kind in (True, False))
+        mixed = [r for pair in zip(same, other) for r in pair] + same[len(other):] + other[len(same):]
+        shown = [r for r in mixed if Path(r["image_a"]).is_file() and Path(r["image_b"]).is_file()]
+        for r in shown[:pairs_per_step]:
+            a, b = Path(r["image_a"]).parent.name, Path(r["image_b"]).parent.name
+            samples.append(JudgeSample(step, load_image(r["image_a"]), load_image(r["image_b"]), bool(r["same"]),
+                                       r["text"], r["verdict"], float(r["reward"]), f"{a} / {b}"))
+    return samples
+
+
+def write_report(table: Table, results: dict, out_dir: str | Path, seed: int, *, title: str, notes: str = "",
+                 extra: list[str] = (), attention=(), retrieval=()) -> Path:
+    """`<out_dir>/report.html`: the table (mean ± std over the seeds run), the training curves of `seed` and what
+    the judge wrote in the first row that reads it (`judge_samples`)."""
+    from saga.app.report import write_report as render
+    from saga.train.methods import METHODS
+
+    out_dir = Path(out_dir)
+    means, stds = summarise(results)
+    curves, samples, source = {}, [], ""
+    for row in table.rows:
+        if row.name not in results:
+            continue
+        cfg = row_config(table, row, seed, out_dir, extra)
+        curves[row.name] = [r for r in read_jsonl(Path(cfg.out_dir) / "metrics.jsonl")
+                            if not any(k.startswith("test/") for k in r)]
+        if not source and METHODS.get(cfg.method).needs_judge:
+            samples = judge_samples(cfg.out_dir)
+            source = f"{row.name}, seed {seed} ({cfg.out_dir})" if samples else ""
+    several = any(len(r) > 1 for r in results.values())
+    return render(out_dir / "report.html", title=title, table=means, stds=stds if several else None, curves=curves,
+                  attention=attention, retrieval=retrieval, judge_samples=samples, judge_source=source, notes=notes)
 
 
 def write_results(results: dict, out_dir: str | Path, command: str, table: Table, runs: int | None = None) -> Path:

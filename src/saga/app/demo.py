@@ -2,30 +2,23 @@
 
 It renders the world (if missing), loads the shipped judge (assets/judge-tiny-long), runs the rows of
 configs/synth/demo.yaml (pre-trained backbone, Proxy Anchor, Potential Field, SAGA, AGFF-Embed; one seed, CPU-sized
-budgets),
-prints the table and writes ``<out>/report.html``: the table, Recall@K curves, training curves, the pooler's and
-the judge's attention over test images, and a retrieval grid. The full benchmark is `saga benchmark`.
+budgets), prints the table and writes ``<out>/report.html``: the table, Recall@K curves, training curves, what the
+judge wrote about training pairs early and late in the SAGA run, the pooler's and the judge's attention over test
+images, and a retrieval grid. The full benchmark is `saga benchmark`.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from saga.app.benchmark import format_results, load_table, row_config, run_table, write_results
-from saga.app.report import AttentionExample, RetrievalRow, write_report
+from saga.app.benchmark import format_results, load_table, row_config, run_table, write_report, write_results
+from saga.app.report import AttentionExample, RetrievalRow
 from saga.train.methods import METHODS
 
 DEMO_TABLE = Path("configs/synth/demo.yaml")
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _token_grid(grid_thw: torch.Tensor, merge: int) -> tuple[int, int]:
@@ -35,7 +28,7 @@ def _token_grid(grid_thw: torch.Tensor, merge: int) -> tuple[int, int]:
 
 @torch.no_grad()
 def examples(run_dir: Path, judge: str, dataset, *, num_attention: int = 4, num_queries: int = 6,
-             layers: list[int] = (-1,), max_new_tokens: int = 96, seed: int = 0):
+             layers: list[int] = (-1,), max_new_tokens: int = 96, seed: int = 0, vocabulary=None):
     """Attention maps (pooler and judge) and a retrieval grid from a trained SAGA run's export."""
     from saga.app.run import TEST_EMBEDDINGS
     from saga.data.base import load_image
@@ -54,7 +47,7 @@ def examples(run_dir: Path, judge: str, dataset, *, num_attention: int = 4, num_
     images = [load_image(test.paths[i]) for pair in pairs for i in pair]
     pooled = model(**model.preprocessor(images))
     enc = pooled.features
-    fj = FrozenJudge.load(judge, device="cpu", dtype="float32", dataset=dataset.name)
+    fj = FrozenJudge.load(judge, device="cpu", dtype="float32", dataset=dataset.name, vocabulary=vocabulary)
     rollout = fj.rollout(enc, num_generations=1, max_new_tokens=max_new_tokens, temperature=1.0, seed=seed)
     judged = fj.score(enc, rollout, attention_layers=list(layers)).image_attention
     attention = []
@@ -87,6 +80,7 @@ def examples(run_dir: Path, judge: str, dataset, *, num_attention: int = 4, num_
 def run_demo(out_dir: str | Path = "runs/demo", table_path: str | Path = DEMO_TABLE, seed: int = 0) -> Path:
     """Run the demo table and write the report; returns the report's path."""
     from saga.data import load_dataset
+    from saga.judge import judge_vocabulary
 
     if not Path(table_path).exists():
         raise FileNotFoundError(f"{table_path}: the demo table; run `saga demo` from the repository root")
@@ -97,22 +91,19 @@ def run_demo(out_dir: str | Path = "runs/demo", table_path: str | Path = DEMO_TA
     print("\n" + text)
     write_results(results, out_dir, f"saga demo --out {out_dir}", table)
 
-    curves, saga_cfg = {}, None
-    for row in table.rows:
-        cfg = row_config(table, row, seed, out_dir)
-        curves[row.name] = [r for r in _read_jsonl(Path(cfg.out_dir) / "metrics.jsonl")
-                            if not any(k.startswith("test/") for k in r)]
-        if METHODS.get(cfg.method).needs_judge and saga_cfg is None:  # the first row that reads the judge
-            saga_cfg = cfg
+    saga_cfg = next((cfg for cfg in (row_config(table, row, seed, out_dir) for row in table.rows)
+                     if METHODS.get(cfg.method).needs_judge), None)  # the first row that reads the judge
     attention, retrieval = [], []
     if saga_cfg is not None:
         data = load_dataset(saga_cfg.data.dataset, saga_cfg.data.root)
+        vocabulary = judge_vocabulary(saga_cfg.model.vocabulary, saga_cfg.model.judge, saga_cfg.data.dataset,
+                                      saga_cfg.data.root)
         attention, retrieval = examples(Path(saga_cfg.out_dir), saga_cfg.model.judge, data,
                                         layers=saga_cfg.attention.layers,
-                                        max_new_tokens=saga_cfg.grpo.max_completion_length, seed=seed)
+                                        max_new_tokens=saga_cfg.grpo.max_completion_length, seed=seed,
+                                        vocabulary=vocabulary)
     report = write_report(
-        out_dir / "report.html", title="SAGA demo: the synthetic attribute world",
-        table={n: next(iter(r.values())) for n, r in results.items()}, curves=curves,
+        table, results, out_dir, seed, title="SAGA demo: the synthetic attribute world",
         attention=attention, retrieval=retrieval,
         notes=f"<p>Zero-shot retrieval on the 100 test classes (disjoint from the training classes), one seed, "
               f"CPU-sized budgets from <code>{table_path}</code>. A row \"SAGA w/o L_GRPO\" is SAGA with the "

@@ -1,5 +1,6 @@
-"""A self-contained HTML report (one file, images inlined): results table, Recall@K curves, training curves,
-attention maps and a retrieval grid. Pure rendering: the caller (e.g. `saga.app.demo`) gathers the data.
+"""A self-contained HTML report (one file, images inlined): results table, Recall@K curves, training curves, what
+the judge wrote about training pairs, attention maps and a retrieval grid. Pure rendering: the caller (e.g.
+`saga.app.demo`) gathers the data.
 
 Attention maps: a Qwen-VL merged token covers one 2x2 window of 16 px patches, and the tokens of an image come in
 raster order of those windows, so token t of an image with a merged grid of (h, w) sits at row t // w, column t % w.
@@ -29,6 +30,20 @@ class AttentionExample:
     pooler: np.ndarray  # (rows * columns,) weights
     judge: np.ndarray | None = None
     title: str = ""
+
+
+@dataclass
+class JudgeSample:
+    """One sampled completion of a training step: the pair's two images and what the judge wrote about them."""
+
+    step: int
+    image_a: Image.Image
+    image_b: Image.Image
+    same: bool  # the truth: the two images are of one class
+    text: str
+    verdict: bool | None  # parsed from the text: True = "same", None = no verdict
+    reward: float
+    caption: str = ""  # e.g. the two classes
 
 
 @dataclass
@@ -149,6 +164,32 @@ def _attention(examples: Sequence[AttentionExample]) -> str:
     return "\n".join(cells)
 
 
+def _verdict(verdict: bool | None) -> str:
+    return "none" if verdict is None else ("same" if verdict else "different")
+
+
+def _judge_samples(samples: Sequence[JudgeSample]) -> str:
+    """Per logged step: each pair's two images side by side, the completion, its verdict against the truth and
+    its reward."""
+    if not samples:
+        return "<p>No logged completions (no row reads the judge, or grpo.log_completions_every is 0).</p>"
+    out, step = [], None
+    for x in samples:
+        if x.step != step:
+            step = x.step
+            out.append(f"<h3>step {step}</h3>")
+        right = x.verdict is not None and x.verdict == x.same
+        colour = "#1a7f37" if right else "#cf222e"
+        images = "".join(_img(_png(im.convert("RGB").resize((96, 96))), style="margin-right:4px")
+                         for im in (x.image_a, x.image_b))
+        out.append(
+            f"<div class='judge'><div>{images}<br><small>{html.escape(x.caption)}</small></div>"
+            f"<div><small>truth: {'same class' if x.same else 'different classes'}; "
+            f"<span style='color:{colour}'>verdict: {_verdict(x.verdict)}</span>; reward {x.reward:g}</small>"
+            f"<pre>{html.escape(x.text)}</pre></div></div>")
+    return "\n".join(out)
+
+
 def _short(name: str) -> str:
     """A class's caption under a thumbnail: its id where the name has one ("042.Long_Name" -> "042")."""
     head, dot, _ = name.partition(".")
@@ -181,6 +222,7 @@ td:first-child{text-align:left}table.grid{margin:2px 0 1em}
 table.grid td{border:none;text-align:center;vertical-align:top;width:104px;padding:2px}
 .att{display:inline-block;margin:0 1em 1em 0;font-size:12px}figure{display:inline-block;margin:2px}
 figcaption{text-align:center;font-size:11px}pre{background:#f6f8fa;padding:8px;overflow-x:auto}
+.judge{display:flex;gap:1em;align-items:flex-start;margin-bottom:1em}.judge pre{margin:4px 0;font-size:11px}
 """
 
 
@@ -189,17 +231,22 @@ def write_report(path: str | Path, *, title: str, table: dict[str, dict[str, flo
                  curve_keys: Sequence[str] = ("loss", "dml/loss", "kl/loss", "reward_mean", "verdict_accuracy",
                                               "frac_reward_zero_std"),
                  attention: Sequence[AttentionExample] = (), retrieval: Sequence[RetrievalRow] = (),
-                 notes: str = "") -> Path:
+                 judge_samples: Sequence[JudgeSample] = (), judge_source: str = "", notes: str = "") -> Path:
     """Write the report to `path` (one HTML file, every figure inlined as PNG) and return the path.
 
     `curve_keys` are logged metric names. L_GRPO's own value is left out by default: with group-centred advantages
-    and one update per rollout it is ~0 whatever the encoder learns; reward_mean and verdict_accuracy show GRPO."""
+    and one update per rollout it is ~0 whatever the encoder learns; reward_mean and verdict_accuracy show GRPO.
+    `judge_samples`: sampled completions of training pairs (early and late in a run), `judge_source` says whose."""
     sections = [
         f"<h1>{html.escape(title)}</h1>",
         f"<div>{notes}</div>" if notes else "",
         "<h2>Zero-shot retrieval on the test classes</h2>", _table(table, stds),
         "<h2>Recall@K</h2>", _recall_curves(table),
         "<h2>Training curves</h2>", _training_curves(curves or {}, curve_keys),
+        "<h2>What the judge wrote</h2>",
+        f"<p>Completions sampled during training (the rollouts L_GRPO is computed from) for a few training pairs "
+        f"early and late in the run{': ' + html.escape(judge_source) if judge_source else ''}. Reward 1 for a "
+        f"verdict that matches the truth, else 0.</p>", _judge_samples(judge_samples),
         "<h2>Attention over image tokens</h2>",
         "<p>Red = weight of a merged token (one 2x2 window of patches). The pooler's weights define the embedding; "
         "the judge's are its attention from the verdict tokens, the L_KL target.</p>", _attention(attention),

@@ -3,6 +3,7 @@
     from saga.data import load_dataset
     ds = load_dataset("cub", "/data/CUB_200_2011")   # also: cars, aircraft, inat_aves, folder, synth
     ds.info()  # {"train": {"classes": 100, "images": 5864}, "test": {"classes": 100, "images": 5924}}
+    dataset_vocabulary("cub", "/data/CUB_200_2011")   # the attributes the judge's prompt names (saga.data.vocabulary)
 
 A loader is any callable `loader(root, split_file=None) -> DatasetSplits`, registered by name in `DATASETS`; the
 config's `data.dataset` and the CLI's `--dataset` choices are its names. The split policy, count checks and error
@@ -17,10 +18,10 @@ from pathlib import Path
 from saga.data.aircraft import load_aircraft
 from saga.data.base import DatasetSplits, ImageDataset, OfficialCounts, Split, load_image
 from saga.data.cars import load_cars
-from saga.data.cub import CubAttributes, load_cub, read_cub_attribute_groups, read_cub_attributes
+from saga.data.cub import CubAttributes, cub_attribute_groups, load_cub, read_cub_attributes
 from saga.data.folder import load_folder
 from saga.data.inat import load_inat_aves
-from saga.errors import DataError
+from saga.data.vocabulary import dataset_vocabulary, read_vocabulary_file, resolve_vocabulary
 from saga.registry import Registry
 
 Loader = Callable[..., DatasetSplits]
@@ -48,19 +49,6 @@ def load_dataset(name: str, root: str | Path, split_file: str | Path | None = No
     return loader(root, **options)
 
 
-def attribute_groups(name: str, root: str | Path) -> list[str]:
-    """The attribute groups of dataset `name` at `root`, in their canonical order: the synthetic world's attributes
-    (its schema, read here only), CUB's groups of attributes.txt. DataError for a dataset without attribute
-    annotations (Cars, Aircraft, iNat-Aves, folders): AGFF-Embed's presets list their aspects instead."""
-    if name == "synth":
-        from saga.synth.schema import ATTRIBUTE_NAMES
-
-        return list(ATTRIBUTE_NAMES)
-    if name == "cub":
-        return read_cub_attribute_groups(root)
-    raise DataError(f"dataset {name!r} has no attribute annotations to take aspects from; list them (agff.aspects)")
-
-
 DATASETS.register("cub", load_cub)
 DATASETS.register("cars", load_cars)
 DATASETS.register("aircraft", load_aircraft)
@@ -68,6 +56,7 @@ DATASETS.register("inat_aves", load_inat_aves)
 DATASETS.register("folder", load_folder)
 DATASETS.register("synth", load_synth)
 
-__all__ = ["DATASETS", "CubAttributes", "DatasetSplits", "ImageDataset", "OfficialCounts", "Split", "attribute_groups",
-           "load_aircraft", "load_cars", "load_cub", "load_dataset", "load_folder", "load_image", "load_inat_aves",
-           "read_cub_attribute_groups", "read_cub_attributes"]
+__all__ = ["DATASETS", "CubAttributes", "DatasetSplits", "ImageDataset", "OfficialCounts", "Split",
+           "cub_attribute_groups", "dataset_vocabulary", "load_aircraft", "load_cars", "load_cub", "load_dataset",
+           "load_folder", "load_image", "load_inat_aves", "read_cub_attributes", "read_vocabulary_file",
+           "resolve_vocabulary"]

@@ -113,11 +113,27 @@ class CubAttributes:
 
 
 def _attribute_file(root: Path, name: str) -> Path:
-    for candidate in (root / name, root / "attributes" / name):
+    # The archive unpacks attributes.txt beside the CUB_200_2011 folder, not inside it: the parent is looked in too.
+    for candidate in (root / name, root / "attributes" / name, root.parent / name):
         if candidate.is_file():
             return candidate
-    raise DataError(f"{root}: no {name} here or in {root / 'attributes'}; attribute annotations are optional in "
-                    "CUB but needed for this call")
+    raise DataError(f"{root}: no {name} here, in {root / 'attributes'} or in {root.parent}; attribute annotations "
+                    "are optional in CUB but needed for this call")
+
+
+def cub_attribute_groups(root: str | Path) -> list[str]:
+    """The attribute groups of attributes.txt in id order, as words: "has_bill_shape::curved" -> "bill shape"
+    (28 in CUB-200-2011). They are the vocabulary the judge's prompt names on CUB (saga.data.vocabulary)."""
+    names_file = _attribute_file(find_cub_root(root), "attributes.txt")
+    groups: list[str] = []
+    for line, (_, name) in read_fields(names_file, 2, names_last=True):
+        group, sep, _ = name.partition("::")
+        if not sep:
+            raise DataError(f"{names_file}, line {line}: expected <group>::<value>, found {name!r}")
+        word = group.removeprefix("has_").replace("_", " ").strip()
+        if word not in groups:
+            groups.append(word)
+    return groups
 
 
 def _attribute_rows(path: Path) -> np.ndarray:
@@ -167,16 +183,3 @@ def read_cub_attributes(root: str | Path) -> CubAttributes:
     certainty[row_of[image], attribute - 1] = certain
     return CubAttributes([table[k][0] for k in range(1, len(table) + 1)], np.array(index.ids, dtype=np.int64),
                          index.paths, present, certainty)
-
-
-def read_cub_attribute_groups(root: str | Path) -> list[str]:
-    """The attribute groups of attributes.txt in file order: "has_bill_shape::curved" -> "bill_shape" (28 groups in
-    the official file). Only attributes.txt is read, not the per-image labels."""
-    path = _attribute_file(find_cub_root(root), "attributes.txt")
-    groups: dict[str, None] = {}
-    for text, line in read_id_table(path, "attribute").values():
-        group, sep, _ = text.partition("::")
-        if not sep or not group.strip():
-            raise DataError(f"{path}, line {line}: expected '<group>::<value>', found {text!r}")
-        groups[group.strip().removeprefix("has_")] = None
-    return list(groups)

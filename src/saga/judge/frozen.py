@@ -18,10 +18,15 @@ layer's forward is a collective, so every rank must run as many forwards: scorin
 per rank (shared prefix or not); decoding goes through `generate(synced_gpus=True)`, which runs until every rank's
 completions are done, with the layers kept gathered while it decodes (the shared-prefix decoding loop calls the
 layers' modules directly, which a sharded layer does not allow).
+
+Vocabulary (saga.data.vocabulary): the attributes the pair prompt names. `judge_vocabulary` resolves the config's
+setting; "auto" gives no vocabulary to a synthetic judge pretrained before vocabularies existed, which never saw
+a prompt naming attributes (its pretrain.json has no `vocabulary_subsets`).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,27 +34,54 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from saga.data.vocabulary import AUTO, resolve_vocabulary
+from saga.errors import CheckpointError
 from saga.judge import decoding, scoring
 from saga.judge import rollout as rollouts
 from saga.judge.rollout import Rollout
 from saga.judge.scoring import Scores
 from saga.models import EncoderOutput, enable_activation_checkpointing, load_vlm
 
+VOCABULARY_KEY = "vocabulary_subsets"  # in a synthetic judge's pretrain.json: it was pretrained on vocabularies
+
+
+def reads_vocabularies(judge: str | Path) -> bool:
+    """Whether the judge was taught prompts that name attributes: False only for a synthetic judge whose
+    pretrain.json predates them (a real MLLM has no pretrain.json and reads any prompt)."""
+    meta = Path(judge) / "pretrain.json"
+    if not meta.is_file():
+        return True
+    try:
+        return VOCABULARY_KEY in json.loads(meta.read_text())
+    except (json.JSONDecodeError, TypeError) as e:
+        raise CheckpointError(f"{meta}: not readable JSON ({e})") from None
+
+
+def judge_vocabulary(setting: str | Sequence[str] | None, judge: str | Path, dataset: str,
+                     root: str | Path) -> list[str] | None:
+    """The attributes the judge's prompt names for a `model.vocabulary` setting (saga.data.vocabulary)."""
+    if setting == AUTO and not reads_vocabularies(judge):
+        return None
+    return resolve_vocabulary(setting, dataset, root)
+
 
 class FrozenJudge:
     """A frozen Qwen-VL judge. Not an nn.Module on purpose: its parameters never reach an optimizer.
 
     dataset: the dataset name that picks the prompt's subject (`saga.judge.prompts.pair_prompt`).
+    vocabulary: the attributes the prompt names, in order (None: it names none).
     shared_prefix: each pair's prompt read once for its G completions, in rollouts and scoring (`saga.judge.prefix`);
     False: the reference path, every completion with its own copy. cache: the rollouts' KV cache, "static"
     (decoding compiled on CUDA), "dynamic" or "auto" (static on CUDA); see `saga.judge.decoding`.
     """
 
     def __init__(self, model: nn.Module, processor, *, gradient_checkpointing: bool = False,
-                 dataset: str = "synth", shared_prefix: bool = True, cache: str = "auto") -> None:
+                 dataset: str = "synth", vocabulary: Sequence[str] | None = None, shared_prefix: bool = True,
+                 cache: str = "auto") -> None:
         self.model = model.requires_grad_(False)
         self.processor = processor
         self.dataset = dataset
+        self.vocabulary = None if vocabulary is None else list(vocabulary)
         self.shared_prefix = shared_prefix
         decoding.resolve_cache(cache, self.device)  # a ValueError for an unknown name, now rather than mid-run
         self.cache = cache
@@ -62,13 +94,14 @@ class FrozenJudge:
     @classmethod
     def load(cls, id_or_path: str | Path, *, device: str = "auto", dtype: str | torch.dtype = "auto",
              attn_implementation: str = "sdpa", gradient_checkpointing: bool = False,
-             trust_remote_code: bool = False, dataset: str = "synth", shared_prefix: bool = True,
+             trust_remote_code: bool = False, dataset: str = "synth",
+             vocabulary: Sequence[str] | None = None, shared_prefix: bool = True,
              cache: str = "auto") -> FrozenJudge:
         """Load a Qwen3-VL / Qwen2.5-VL checkpoint (hub id or directory) as a frozen judge (see `load_vlm`)."""
         model, processor = load_vlm(id_or_path, device=device, dtype=dtype, attn_implementation=attn_implementation,
                                     trust_remote_code=trust_remote_code)
         return cls(model, processor, gradient_checkpointing=gradient_checkpointing, dataset=dataset,
-                   shared_prefix=shared_prefix, cache=cache)
+                   vocabulary=vocabulary, shared_prefix=shared_prefix, cache=cache)
 
     @property
     def tokenizer(self):
@@ -125,13 +158,14 @@ class FrozenJudge:
         with self._gathered():
             return rollouts.rollout(self.model, self.processor, enc_out, dataset=self.dataset,
                                     num_generations=num_generations, max_new_tokens=max_new_tokens,
-                                    temperature=temperature, top_p=top_p, seed=seed,
+                                    temperature=temperature, top_p=top_p, seed=seed, vocabulary=self.vocabulary,
                                     shared_prefix=self.shared_prefix and not self.sharded, cache=self.cache,
                                     synced=self.sharded)
 
     def teacher_forced(self, enc_out: EncoderOutput, answers: Sequence[str]) -> Rollout:
         """Given answers, one per pair of `enc_out`, as a Rollout to `score`; see `saga.judge.rollout`."""
-        return rollouts.teacher_forced(self.processor, enc_out, answers, dataset=self.dataset)
+        return rollouts.teacher_forced(self.processor, enc_out, answers, dataset=self.dataset,
+                                       vocabulary=self.vocabulary)
 
     def score(self, enc_out: EncoderOutput, rollout: Rollout, *, attention_layers: list[int] | None = None,
               temperature: float = 1.0) -> Scores:

@@ -5,6 +5,10 @@ Qwen3-VL, so a verdict means the same thing everywhere. The paper does not publi
 one asks for an attribute-by-attribute comparison followed by a final verdict line, which is what makes the GRPO
 gradient attribute-level: the comparison tokens are conditioned on both images' tokens.
 
+The prompt may name the attributes to compare (a "vocabulary", docs/method.md, "What the paper does not state"):
+the paper's stated limitation is that it relies on per-dataset attribute vocabularies. Without one, the prompt asks
+for "their attributes" and leaves the choice to the judge.
+
 Parsing is tolerant (case, punctuation, markdown, extra text) and never raises: an answer without a verdict is
 ``None``, which the reward counts as wrong and the logs count as a parse failure.
 """
@@ -12,11 +16,17 @@ Parsing is tolerant (case, punctuation, markdown, extra text) and never raises: 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 PAIR_PROMPT = (
     "Image A and image B each show a {subject}. Compare their attributes one by one, "
     "then decide whether they belong to the same {category}. "
+    "Finish with the line 'Answer: same' or 'Answer: different'."
+)
+# With a vocabulary: the same request, naming the attributes (in the vocabulary's order).
+VOCABULARY_PROMPT = (
+    "Image A and image B each show a {subject}. Compare these attributes one by one: {attributes}. "
+    "Then decide whether they belong to the same {category}. "
     "Finish with the line 'Answer: same' or 'Answer: different'."
 )
 
@@ -33,18 +43,31 @@ SUBJECTS: dict[str, tuple[str, str]] = {
 SAME, DIFFERENT = "same", "different"
 
 
-def pair_prompt(dataset: str = "synth") -> str:
+def pair_prompt(dataset: str = "synth", vocabulary: Sequence[str] | None = None) -> str:
+    """The instruction for one pair; `vocabulary`: the attributes it names, in order (None: it names none)."""
     subject, category = SUBJECTS.get(dataset, SUBJECTS["folder"])
-    return PAIR_PROMPT.format(subject=subject, category=category)
+    if vocabulary is None:
+        return PAIR_PROMPT.format(subject=subject, category=category)
+    if not vocabulary:
+        raise ValueError("an empty vocabulary names nothing to compare; use None for a prompt without one")
+    return VOCABULARY_PROMPT.format(subject=subject, category=category, attributes=", ".join(vocabulary))
 
 
-def pair_messages(dataset: str = "synth") -> list[dict]:
+def pair_messages(dataset: str = "synth", vocabulary: Sequence[str] | None = None) -> list[dict]:
     """Chat messages for one pair: image A, image B, then the instruction (transformers chat-template format)."""
     return [{"role": "user", "content": [
         {"type": "text", "text": "A:"}, {"type": "image"},
         {"type": "text", "text": "B:"}, {"type": "image"},
-        {"type": "text", "text": pair_prompt(dataset)},
+        {"type": "text", "text": pair_prompt(dataset, vocabulary)},
     ]}]
+
+
+def restrict(attributes: Mapping[str, str], vocabulary: Sequence[str] | None) -> dict[str, str]:
+    """The attributes a prompt with `vocabulary` asks about, in the vocabulary's order (all of them for None).
+    The synthetic judge compares exactly these, so an attribute left out never reaches its answer or reward."""
+    if vocabulary is None:
+        return dict(attributes)
+    return {name: attributes[name] for name in vocabulary if name in attributes}
 
 
 MATCH, MISMATCH = "match", "mismatch"

@@ -10,10 +10,10 @@ docs/design.md, "One SAGA step": `judge.rollout(tokens.detach(), G)`. What keeps
   indexing (`EncoderOutput.take`), and the judge reads them through `saga.models.vision_inputs`;
 - the image tokens are detached: sampling needs no gradient, `score` re-reads them with gradient.
 
-Each pair's prompt is the judge's chat template applied to `pair_messages(dataset)`, with each image's single
-`<|image_pad|>` expanded to as many as the image has tokens (grid_h * grid_w / merge_size^2, from grid_thw), as the
-processor itself does for PIL images. Prompts of different lengths (images of different sizes) are left-padded, so
-every completion starts at the same column `prompt_length`.
+Each pair's prompt is the judge's chat template applied to `pair_messages(dataset, vocabulary)`, with each image's
+single `<|image_pad|>` expanded to as many as the image has tokens (grid_h * grid_w / merge_size^2, from grid_thw), as
+the processor itself does for PIL images. Prompts of different lengths (images of different sizes) are left-padded,
+so every completion starts at the same column `prompt_length`.
 """
 
 from __future__ import annotations
@@ -66,12 +66,14 @@ def pair_feature_indices(pair_of: Tensor) -> list[int]:
     return [i for p in pair_of.tolist() for i in (2 * p, 2 * p + 1)]
 
 
-def prompt_batch(processor, grid_thw: Tensor, *, dataset: str = "synth") -> dict[str, Tensor]:
+def prompt_batch(processor, grid_thw: Tensor, *, dataset: str = "synth",
+                 vocabulary: Sequence[str] | None = None) -> dict[str, Tensor]:
     """Token ids of one prompt per pair (images 2p, 2p+1 of grid_thw), left-padded: {"input_ids", "attention_mask"}
     of shape (P, prompt_length)."""
     if len(grid_thw) % 2:
         raise ValueError(f"the encoder batch has {len(grid_thw)} images; rollouts need pairs (a0, b0, a1, b1, ...)")
-    template = processor.apply_chat_template(pair_messages(dataset), add_generation_prompt=True, tokenize=False)
+    template = processor.apply_chat_template(pair_messages(dataset, vocabulary), add_generation_prompt=True,
+                                             tokenize=False)
     image_token = processor.image_token
     if template.count(image_token) != 2:
         raise ValueError(f"the chat template gave {template.count(image_token)} {image_token} for a pair prompt")
@@ -131,9 +133,10 @@ def answer_token_ids(tokenizer, answers: Sequence[str]) -> Tensor:
     return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=tokenizer.pad_token_id)
 
 
-def teacher_forced(processor, enc_out: EncoderOutput, answers: Sequence[str], *, dataset: str = "synth") -> Rollout:
+def teacher_forced(processor, enc_out: EncoderOutput, answers: Sequence[str], *, dataset: str = "synth",
+                   vocabulary: Sequence[str] | None = None) -> Rollout:
     """A Rollout (G = 1) whose completions are the given answers, one per pair of `enc_out`, for scoring (L_ATTR)."""
-    prompt = prompt_batch(processor, enc_out.grid_thw, dataset=dataset)
+    prompt = prompt_batch(processor, enc_out.grid_thw, dataset=dataset, vocabulary=vocabulary)
     if len(answers) != len(prompt["input_ids"]):
         raise ValueError(f"{len(answers)} answers for {len(prompt['input_ids'])} pairs")
     return assemble(processor.tokenizer, prompt, answer_token_ids(processor.tokenizer, answers), 1)
@@ -150,9 +153,10 @@ def detached(enc_out: EncoderOutput) -> EncoderOutput:
 
 def rollout(model: nn.Module, processor, enc_out: EncoderOutput, *, dataset: str = "synth", num_generations: int = 8,
             max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
-            shared_prefix: bool = True, cache: str = "auto", synced: bool = False) -> Rollout:
+            vocabulary: Sequence[str] | None = None, shared_prefix: bool = True, cache: str = "auto",
+            synced: bool = False) -> Rollout:
     """Sample `num_generations` completions from `model` (the judge) for each pair of `enc_out` (2P images ordered
-    a0, b0, a1, b1, ...), prompted for `dataset` (`prompts.pair_prompt`).
+    a0, b0, a1, b1, ...), prompted for `dataset` naming `vocabulary` (`prompts.pair_prompt`).
 
     Sampling is plain temperature + nucleus sampling: top_k and repetition penalties that a checkpoint's generation
     config may set are switched off, so completions come from the judge's own distribution (GRPO samples from the
@@ -170,7 +174,7 @@ def rollout(model: nn.Module, processor, enc_out: EncoderOutput, *, dataset: str
     tokenizer = processor.tokenizer
     device = next(model.parameters()).device
     cache = decoding.resolve_cache(cache, device)
-    prompt = prompt_batch(processor, enc_out.grid_thw, dataset=dataset)
+    prompt = prompt_batch(processor, enc_out.grid_thw, dataset=dataset, vocabulary=vocabulary)
     stop_ids = stop_token_ids(tokenizer)
     suppress = vision_token_ids(tokenizer)  # a sampled <|image_pad|> breaks the re-forward (docs/method.md)
     # Decoding needs no activations for backward; in train mode a checkpointed model would also drop the KV

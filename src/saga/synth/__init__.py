@@ -18,11 +18,12 @@ API for the judge, which is pretrained on random combinations that are NOT the b
 - `random_combination(rng, exclude=())`: uniform over the 2.65 M combinations, rejecting those in `exclude`.
 - `combination_pair(rng, k, exclude=())`: two combinations that differ in exactly k attributes (k=0: same class);
   `vary(combo, k, rng)`: a combination k attributes away from `combo`.
-- `design_world(num_classes, seed).classes`: the classes of a world, in class-id order, without a world on disk
-  (`saga synth` renders them).
+- `design_world(num_classes, seed, shift=None).classes`: the classes of a world, in class-id order, without a world
+  on disk (`saga synth` renders them); `WorldShift(train_varied, test_varied, train_fixed)` chooses which attributes
+  separate siblings on each side of the split and which are fixed across the training classes.
 - `render(combination, rng, size, nuisance=NUISANCE) -> PIL.Image` (RGB, size x size): a photo with the
   benchmark's nuisance; `CLEAN` draws the bird plain and centred. `render_scene` also returns the bird's box.
-- `generate_world(out, num_classes, images_per_class, size, seed, preview, workers) -> Path`; `load_world`;
+- `generate_world(out, num_classes, images_per_class, size, seed, preview, workers, shift) -> Path`; `load_world`;
   `write_preview(world_dir)`; `load_synth(root)`, registered as the dataset "synth".
 """
 
@@ -32,8 +33,8 @@ from saga.synth.preview import write_preview
 from saga.synth.render import CLEAN, NUISANCE, Nuisance, render, render_scene
 from saga.synth.schema import (ATTRIBUTE_NAMES, SCHEMA, Attribute, Combination, combination_pair, random_combination,
                                vary)
-from saga.synth.world import World, design_world, load_world
+from saga.synth.world import World, WorldShift, design_world, load_world
 
 __all__ = ["ATTRIBUTE_NAMES", "CLEAN", "NUISANCE", "SCHEMA", "Attribute", "Combination", "Nuisance", "World",
            "combination_pair", "design_world", "generate_world", "image_rng", "load_synth",
-           "load_world", "random_combination", "render", "render_scene", "vary", "write_preview"]
+           "load_world", "random_combination", "render", "render_scene", "vary", "WorldShift", "write_preview"]

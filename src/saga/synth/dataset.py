@@ -7,6 +7,7 @@ from pathlib import Path
 from saga.data.base import DatasetSplits
 from saga.data.cub import find_cub_root, load_cub
 from saga.errors import DataError
+from saga.synth.schema import SCHEMA
 from saga.synth.world import WORLD_FILE, load_world
 
 
@@ -25,3 +26,10 @@ def load_synth(root: str | Path, split_file: str | Path | None = None, *, check_
         raise DataError(f"{world_root / 'classes.txt'}: {len(names)} classes, {WORLD_FILE} has {len(world.classes)}")
     splits.class_attributes = {c.id - 1: c.combination.as_dict() for c in world.classes}
     return splits
+
+
+def synth_vocabulary(root: str | Path) -> list[str]:
+    """The attributes of the world at `root` (its schema, which load_world checks against this version's): the
+    vocabulary the judge's prompt names by default on the synthetic dataset."""
+    load_world(find_cub_root(root))
+    return [a.name for a in SCHEMA]

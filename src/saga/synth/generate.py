@@ -21,7 +21,7 @@ from saga.progress import progress
 from saga.synth.layout import OUTPUTS, Box, image_file, write_cub_files
 from saga.synth.preview import write_preview
 from saga.synth.render import NUISANCE, render_scene
-from saga.synth.world import WORLD_FILE, SynthClass, design_world, load_world
+from saga.synth.world import WORLD_FILE, SynthClass, WorldShift, design_world, load_world
 
 # 4:4:4 chroma: with the default 4:2:0 subsampling a 2-pixel eye ring at 64 px bleeds into its neighbours.
 JPEG = {"quality": 90, "subsampling": 0}
@@ -84,17 +84,20 @@ def world_complete(out: str | Path) -> bool:
 
 
 def ensure_world(out: str | Path, num_classes: int = 200, images_per_class: int = 60, size: int = 128,
-                 seed: int = 0, *, preview: bool = True, asked_by: str = "asked") -> Path:
+                 seed: int = 0, *, shift: WorldShift | None = None, preview: bool = True,
+                 asked_by: str = "asked") -> Path:
     """Render the world into `out` unless a complete one is there; a complete world of other parameters is an
     error (it would silently be another benchmark) and nothing is deleted. The defaults are `saga synth`'s."""
     out = Path(out)
-    wanted = {"num_classes": num_classes, "images_per_class": images_per_class, "size": size, "seed": seed}
+    wanted = {"num_classes": num_classes, "images_per_class": images_per_class, "size": size, "seed": seed,
+              "shift": shift or WorldShift()}
     if not world_complete(out):  # world.json alone is what an interrupted render leaves
-        print(f"rendering the synthetic world into {out} ({', '.join(f'{k} {v}' for k, v in wanted.items())}) ...")
+        shown = {k: v for k, v in wanted.items() if k != "shift" or not v.is_default}
+        print(f"rendering the synthetic world into {out} ({', '.join(f'{k} {v}' for k, v in shown.items())}) ...")
         return generate_world(out, **wanted, preview=preview)
     world = load_world(out)
     found = {"num_classes": len(world.classes), "images_per_class": world.images_per_class, "size": world.size,
-             "seed": world.seed}
+             "seed": world.seed, "shift": world.shift}
     differ = [f"{k} {found[k]} ({asked_by}: {v})" for k, v in wanted.items() if found[k] != v]
     if differ:
         raise ConfigError(f"{out / WORLD_FILE}: this world was rendered with {', '.join(differ)}; remove {out} to "
@@ -103,9 +106,10 @@ def ensure_world(out: str | Path, num_classes: int = 200, images_per_class: int 
 
 
 def generate_world(out: str | Path, num_classes: int = 200, images_per_class: int = 60, size: int = 128,
-                   seed: int = 0, preview: bool = False, workers: int = 0) -> Path:
+                   seed: int = 0, preview: bool = False, workers: int = 0, shift: WorldShift | None = None) -> Path:
     """Render `num_classes` x `images_per_class` images of `size` px into `out` (CUB_200_2011 layout plus
-    world.json; preview.png with `preview`). `workers` = 0: one process per core. Returns `out`.
+    world.json; preview.png with `preview`). `workers` = 0: one process per core; `shift`: which attributes separate
+    siblings on each side (`world.WorldShift`; None: the default world). Returns `out`.
 
     Workers are spawned processes: a script that calls this with workers != 1 needs the usual
     `if __name__ == "__main__":` guard."""
@@ -114,8 +118,11 @@ def generate_world(out: str | Path, num_classes: int = 200, images_per_class: in
         if value < low:
             raise ConfigError(f"saga synth: {name} must be at least {low}, got {value}")
     out = Path(out)
+    try:
+        world = design_world(num_classes, seed, shift)
+    except ValueError as e:
+        raise ConfigError(f"saga synth: {e}") from None
     _prepare(out)
-    world = design_world(num_classes, seed)
     world.images_per_class, world.size = images_per_class, size
     # world.json first: an interrupted run leaves a folder that a rerun recognises and replaces
     meta = world.to_json() | {"render": {"jpeg": JPEG, "nuisance": asdict(NUISANCE)}}

@@ -4,9 +4,14 @@ Two pair sets, both drawn deterministically from `seed`:
 - balanced: half the pairs are two different images of one class, half are images of two different classes
   (uniform over classes) -> "accuracy_balanced" (and its two halves "accuracy_same" / "accuracy_different");
 - one attribute (datasets with class attributes, i.e. the synthetic world): pairs of classes that differ in
-  exactly one attribute, the benchmark's hardest negatives -> "accuracy_one_attribute".
+  exactly one attribute, the benchmark's hardest negatives -> "accuracy_one_attribute", and per attribute that
+  differs, "accuracy_one_attribute.<name>" (a vocabulary that leaves the attribute out makes those pairs "same").
 With class attributes the comparison lines are scored too: "attribute_accuracy" is the share of attribute values
 (each attribute, each image of a pair) that the answer states correctly, a missing line counting as wrong.
+
+With `vocabulary` (a `model.vocabulary` setting, saga.data.vocabulary) the prompt names those attributes; the
+attribute accuracies then cover only them, and the verdicts are still scored against the classes. Asked about the
+attributes that separate the test classes, this measures how well the judge reads exactly those.
 
 With `encoder` (a `saga train` export folder), the judge reads the images through that trained tower instead of its
 own: how well the frozen judge sees the unseen classes through the encoder that SAGA's L_GRPO trained (the RL
@@ -28,7 +33,8 @@ import torch
 
 from saga.data import Split, load_dataset, load_image
 from saga.errors import CheckpointError, DataError
-from saga.judge.prompts import format_comparison, parse_verdict, values_stated_correctly
+from saga.judge import judge_vocabulary
+from saga.judge.prompts import format_comparison, parse_verdict, restrict, values_stated_correctly
 from saga.models import load_model, load_vlm
 from saga.progress import progress
 from saga.synth import SCHEMA
@@ -152,10 +158,11 @@ def use_encoder(model, export_dir: str | Path) -> int:
 
 def evaluate_judge(judge_dir: str | Path, dataset: str = "synth", root: str | Path = "", split: str = "test",
                    pairs: int = 200, seed: int = 0, device: str = "auto", *, encoder: str | Path | None = None,
-                   batch_size: int = 32, image_size: int | None = None, max_new_tokens: int | None = None) -> dict:
+                   batch_size: int = 32, image_size: int | None = None, max_new_tokens: int | None = None,
+                   vocabulary: str | Sequence[str] | None = "auto") -> dict:
     """Verdict (and, with class attributes, attribute) accuracy of the judge at `judge_dir` on `pairs` balanced
     pairs and `pairs` one-attribute pairs of a dataset split, read through its own tower or `encoder` (an export
-    folder). Returns a flat dict (see the module docstring)."""
+    folder), prompted with `vocabulary`. Returns a flat dict (see the module docstring)."""
     if pairs < 2:
         raise DataError(f"--pairs must be at least 2 (one same and one different pair), got {pairs}")
     splits = load_dataset(dataset, root)
@@ -163,7 +170,8 @@ def evaluate_judge(judge_dir: str | Path, dataset: str = "synth", root: str | Pa
     model, processor = load_vlm(judge_dir, device=device)
     if encoder is not None:
         image_size = image_size or use_encoder(model, encoder)
-    inputs = PairInputs(processor, image_size or judge_image_size(judge_dir), dataset)
+    names = judge_vocabulary(vocabulary, judge_dir, dataset, root)
+    inputs = PairInputs(processor, image_size or judge_image_size(judge_dir), dataset, names)
     if max_new_tokens is None:
         max_new_tokens = comparison_budget(inputs.tokenizer) if attributes else FREE_TEXT_TOKENS
     rng = np.random.default_rng(seed)
@@ -175,7 +183,7 @@ def evaluate_judge(judge_dir: str | Path, dataset: str = "synth", root: str | Pa
         if len(close):
             sets["one_attribute"] = (close, np.zeros(len(close), dtype=bool))
     result: dict = {"judge": str(judge_dir), "encoder": None if encoder is None else str(encoder),
-                    "dataset": dataset, "root": str(root), "split": split, "seed": seed}
+                    "dataset": dataset, "root": str(root), "split": split, "seed": seed, "vocabulary": names}
     attribute_counts: dict[str, list[int]] = {}
     total_unparseable = total_pairs = 0
     for name, (idx, same) in sets.items():
@@ -189,12 +197,18 @@ def evaluate_judge(judge_dir: str | Path, dataset: str = "synth", root: str | Pa
             diff_half = tally([t for t, s in zip(texts, same) if not s], [False] * int((~same).sum()))
             result["accuracy_same"] = same_half["correct"] / max(1, same_half["pairs"])
             result["accuracy_different"] = diff_half["correct"] / max(1, diff_half["pairs"])
+        if name == "one_attribute":  # which attribute tells each pair apart
+            labels = data.labels[idx]
+            differing = [next(k for k, v in attributes[a].items() if attributes[b][k] != v) for a, b in labels]
+            for attr in (n for n in attributes[labels[0, 0]] if n in differing):  # schema order
+                kept = [t for t, d in zip(texts, differing) if d == attr]
+                result[f"accuracy_one_attribute.{attr}"] = tally(kept, [False] * len(kept))["correct"] / len(kept)
         total_unparseable += counts["unparseable"]
         total_pairs += counts["pairs"]
         if attributes:
             labels = data.labels[idx]
-            per_attr = attribute_tally(texts, [attributes[c] for c in labels[:, 0]],
-                                       [attributes[c] for c in labels[:, 1]])
+            per_attr = attribute_tally(texts, [restrict(attributes[c], names) for c in labels[:, 0]],
+                                       [restrict(attributes[c], names) for c in labels[:, 1]])
             for attr, (c, t) in per_attr.items():
                 attribute_counts.setdefault(attr, [0, 0])
                 attribute_counts[attr][0] += c

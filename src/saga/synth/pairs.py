@@ -14,6 +14,11 @@ of pose, background, light and occlusion, as two photos of one species differ); 
 differ in exactly one attribute (the benchmark's hard negatives are siblings one or two attributes apart), 15 %
 in two, 15 % in three and 20 % are two independent random combinations.
 
+Vocabularies (`vocabulary_subset`): a share of the pairs' prompts name a random proper subset of the schema (the
+rest name all of it), and the target compares exactly the attributes named, in schema order; its verdict is
+"same" when those agree. So the judge learns to compare what its prompt names, and a vocabulary that leaves an
+attribute out hides that attribute from its answer and from the reward.
+
 Photos are rendered on the fly in DataLoader workers (a few ms each at 128 px, cheaper than storing a pool) and JPEG
 round-tripped with the settings of `saga synth`, so the judge sees the artefacts of the benchmark's files. Batch
 i is drawn from its own generator (seed, stream, i): the data do not depend on the number of workers.
@@ -32,10 +37,9 @@ from PIL import Image
 from torch.utils.data import IterableDataset
 
 from saga.judge.prompts import SUBJECTS, format_comparison, pair_messages, pair_prompt
-from saga.judge.rollout import answer_token_ids
 from saga.models import ImagePreprocessor
-from saga.synth import (CLEAN, NUISANCE, SCHEMA, Combination, Nuisance, combination_pair, design_world,
-                        random_combination, render)
+from saga.synth import (ATTRIBUTE_NAMES, CLEAN, NUISANCE, SCHEMA, Combination, Nuisance, combination_pair,
+                        design_world, random_combination, render)
 from saga.synth.generate import JPEG
 
 # The default `saga synth` world (num_classes, seed): its classes never appear in the judge's training data.
@@ -66,15 +70,28 @@ def sample_pair(rng: np.random.Generator, exclude: Collection[Combination] = ()
     return a, b
 
 
-def target(a: Combination, b: Combination) -> str:
-    """The answer the judge is trained to give for a photo of `a` and one of `b`."""
-    return format_comparison(a.as_dict(), b.as_dict(), same=a == b)
+def vocabulary_subset(rng: np.random.Generator, share: float) -> tuple[str, ...]:
+    """The attributes a training prompt names: with probability `share` a random proper subset of the schema (its
+    size uniform in 1..9, in schema order), otherwise all of it."""
+    if share <= 0 or rng.random() >= share:
+        return ATTRIBUTE_NAMES
+    size = int(rng.integers(1, len(SCHEMA)))
+    return tuple(ATTRIBUTE_NAMES[i] for i in sorted(rng.choice(len(SCHEMA), size=size, replace=False)))
+
+
+def target(a: Combination, b: Combination, vocabulary: Sequence[str] = ATTRIBUTE_NAMES) -> str:
+    """The answer the judge is trained to give for a photo of `a` and one of `b` when its prompt names
+    `vocabulary`: those attributes compared, then "same" if they all agree."""
+    attrs_a, attrs_b = ({n: c[n] for n in vocabulary} for c in (a, b))
+    return format_comparison(attrs_a, attrs_b, same=attrs_a == attrs_b)
 
 
 def judge_corpus() -> list[str]:
-    """What the judge reads and writes, for its tokenizer: every dataset's prompt, every comparison line, both
-    verdicts. Each text appears twice, as BPE only merges pairs seen at least twice."""
-    texts = [pair_prompt(d) for d in SUBJECTS] + ["A:", "B:", "Answer: same", "Answer: different"]
+    """What the judge reads and writes, for its tokenizer: every dataset's prompt (with and without the schema as
+    its vocabulary), every comparison line, both verdicts. Each text appears twice, as BPE only merges pairs seen
+    at least twice."""
+    texts = [pair_prompt(d) for d in SUBJECTS] + [pair_prompt("synth", ATTRIBUTE_NAMES)]
+    texts += ["A:", "B:", "Answer: same", "Answer: different"]
     texts += [format_comparison({a.name: u}, {a.name: v}, u == v) for a in SCHEMA for u in a.values for v in a.values]
     return texts * 2
 
@@ -106,39 +123,66 @@ def photo(combo: Combination, rng: np.random.Generator, nuisance: Nuisance = NUI
 class PairInputs:
     """Pair prompts (and answers) as model inputs, for a judge's processor at a fixed image size.
 
-    Every image is resized to the same square (`ImagePreprocessor`), so every pair prompt has the same number of
-    image tokens and the same token ids: the prompt is tokenized once, and a batch of prompts needs no padding
-    (generation starts at the same position in every row). Answers are appended and right-padded; their labels
-    are the answer tokens plus the closing <|im_end|>, -100 elsewhere.
+    Every image is resized to the same square (`ImagePreprocessor`), so every pair prompt of one vocabulary has
+    the same number of image tokens and the same token ids: the prompt is tokenized once, and a batch of prompts
+    needs no padding (generation starts at the same position in every row). Answers are appended and
+    right-padded; their labels are the answer tokens plus the closing <|im_end|>, -100 elsewhere. Training
+    batches may give each pair its own vocabulary (prompts of different lengths, each followed by its answer).
     """
 
-    def __init__(self, processor, image_size: int, dataset: str = "synth") -> None:
+    def __init__(self, processor, image_size: int, dataset: str = "synth",
+                 vocabulary: Sequence[str] | None = None) -> None:
+        self.processor, self.dataset = processor, dataset
         self.tokenizer = processor.tokenizer
         self.preprocessor = ImagePreprocessor(processor, image_size)
         self.image_token_id = self.tokenizer.convert_tokens_to_ids(processor.image_token)
-        prompt = processor.apply_chat_template(pair_messages(dataset), add_generation_prompt=True)
-        prompt = prompt.replace(processor.image_token, processor.image_token * self.preprocessor.tokens_per_image)
-        self.prompt_ids = torch.tensor(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        self._prompts: dict[tuple[str, ...] | None, torch.Tensor] = {}
+        self.prompt_ids = self.prompt(vocabulary)
 
-    def __call__(self, images: Sequence[Image.Image], answers: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-        """images: 2P images ordered a0, b0, a1, b1, ...; answers: P texts, or None for generation prompts."""
+    def prompt(self, vocabulary: Sequence[str] | None) -> torch.Tensor:
+        """The token ids of the pair prompt naming `vocabulary` (cached: training draws a few hundred)."""
+        key = None if vocabulary is None else tuple(vocabulary)
+        if key not in self._prompts:
+            image_token = self.processor.image_token
+            text = self.processor.apply_chat_template(pair_messages(self.dataset, vocabulary),
+                                                      add_generation_prompt=True)
+            text = text.replace(image_token, image_token * self.preprocessor.tokens_per_image)
+            self._prompts[key] = torch.tensor(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return self._prompts[key]
+
+    def __call__(self, images: Sequence[Image.Image], answers: Sequence[str] | None = None,
+                 vocabularies: Sequence[Sequence[str]] | None = None) -> dict[str, torch.Tensor]:
+        """images: 2P images ordered a0, b0, a1, b1, ...; answers: P texts, or None for generation prompts;
+        vocabularies: one per pair (with answers only), else every prompt names this object's vocabulary."""
         inputs = dict(self.preprocessor(images))
-        ids = self.prompt_ids.expand(len(images) // 2, -1)
-        if answers is not None:
-            ids, inputs["labels"] = append_answers(self.tokenizer, ids, answers)
+        pairs = len(images) // 2
+        if answers is None:
+            if vocabularies is not None:  # generation needs prompts of one length
+                raise ValueError("per-pair vocabularies need answers (training batches)")
+            ids = self.prompt_ids.expand(pairs, -1)
+        else:
+            prompts = [self.prompt(v) for v in vocabularies] if vocabularies is not None else [self.prompt_ids] * pairs
+            ids, inputs["labels"] = prompt_answer_rows(self.tokenizer, prompts, answers)
         inputs["input_ids"] = ids.contiguous()
         inputs["attention_mask"] = (ids != self.tokenizer.pad_token_id).long()
         inputs["mm_token_type_ids"] = (ids == self.image_token_id).long()  # required with images (docs/method.md)
         return inputs
 
 
-def append_answers(tokenizer, prompt_ids: torch.Tensor, answers: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(P, L) prompts + answers (`answer_token_ids`) -> (input ids, labels), labels -100 on the prompts and the
-    padding."""
-    answer_ids = answer_token_ids(tokenizer, answers)
-    labels = torch.cat([torch.full_like(prompt_ids, -100),
-                        answer_ids.masked_fill(answer_ids == tokenizer.pad_token_id, -100)], 1)
-    return torch.cat([prompt_ids, answer_ids], dim=1), labels
+def prompt_answer_rows(tokenizer, prompts: Sequence[torch.Tensor], answers: Sequence[str]
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each prompt (token ids, lengths may differ) followed by its answer and <|im_end|>, right-padded ->
+    (input ids, labels), labels -100 on the prompts and the padding."""
+    if len(prompts) != len(answers):
+        raise ValueError(f"{len(prompts)} prompts for {len(answers)} answers")
+    rows, labels = [], []
+    for prompt, answer in zip(prompts, tokenizer(list(answers), add_special_tokens=False)["input_ids"]):
+        answer = torch.tensor([*answer, tokenizer.eos_token_id])
+        rows.append(torch.cat([prompt, answer]))
+        labels.append(torch.cat([torch.full_like(prompt, -100), answer]))
+    pad = torch.nn.utils.rnn.pad_sequence
+    return (pad(rows, batch_first=True, padding_value=tokenizer.pad_token_id),
+            pad(labels, batch_first=True, padding_value=-100))
 
 
 def _indexes() -> Iterator[int]:
@@ -150,19 +194,23 @@ def _indexes() -> Iterator[int]:
 
 
 class PairStream(IterableDataset):
-    """Pair-stage batches at the benchmark's nuisance: batch i from the generator (seed, 0, i)."""
+    """Pair-stage batches at the benchmark's nuisance: batch i from the generator (seed, 0, i); a share
+    `vocabulary_subsets` of the pairs name a subset of the schema (`vocabulary_subset`)."""
 
-    def __init__(self, inputs: Callable, batch_size: int, seed: int, exclude: Collection[Combination]) -> None:
+    def __init__(self, inputs: Callable, batch_size: int, seed: int, exclude: Collection[Combination],
+                 vocabulary_subsets: float = 0.0) -> None:
         self.inputs, self.batch_size, self.seed, self.exclude = inputs, batch_size, seed, exclude
+        self.vocabulary_subsets = vocabulary_subsets
 
     def batch(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, 0, index])
-        images, answers = [], []
+        images, answers, vocabularies = [], [], []
         for _ in range(self.batch_size):
             a, b = sample_pair(rng, self.exclude)
             images += [photo(a, rng), photo(b, rng)]
-            answers.append(target(a, b))
-        return self.inputs(images, answers)
+            vocabularies.append(vocabulary_subset(rng, self.vocabulary_subsets))
+            answers.append(target(a, b, vocabularies[-1]))
+        return self.inputs(images, answers, vocabularies)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         return map(self.batch, _indexes())

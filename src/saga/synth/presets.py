@@ -30,6 +30,7 @@ class JudgePreset:
     vision_batch_size: int = 32  # photos per stage-1 step
     vision_ramp: int = 0  # stage-1 steps over which the nuisance ramps from CLEAN to the benchmark's
     weight_decay: float = 0.01
+    vocabulary_subsets: float = 0.5  # stages 0 and 2: share of prompts naming a random subset of the schema
 
 
 # 1.5 M parameters (tower 0.97 M), about 10 CPU minutes. Stage 1 is most of the judge's sight: a third of these

@@ -2,8 +2,9 @@
 attribute by attribute, then says "Answer: same" or "Answer: different" (docs/design.md, "The synthetic world").
 Its data (random combinations, never the default benchmark world's classes) are in `saga.synth.pairs`.
 
-The target (`prompts.format_comparison`): one line "name: value_a / value_b match|mismatch" per attribute in
-schema order, then "Answer: same|different"; next-token cross-entropy on the answer tokens only.
+The target (`prompts.format_comparison`): one line "name: value_a / value_b match|mismatch" per attribute the
+prompt names (all ten, or a random subset: `pairs.vocabulary_subset`), in schema order, then "Answer: same|different";
+next-token cross-entropy on the answer tokens only.
 
 Three stages, each the cheapest way we found to teach one skill on a CPU (the measurements behind each choice:
 assets/judge-tiny/README.md, "Why three stages"):
@@ -43,8 +44,10 @@ from saga.errors import ConfigError
 from saga.judge.prompts import pair_prompt
 from saga.models import ImagePreprocessor, VisionEncoder, build_tiny_qwen3vl
 from saga.synth import SCHEMA
+from saga.judge.frozen import VOCABULARY_KEY
 from saga.synth.pairs import (EXCLUDED_WORLD, NEGATIVE_MIX, RENDER_SIZE, SAME_SHARE, AttributeStream, PairInputs,
-                              PairStream, append_answers, excluded_combinations, judge_corpus, sample_pair, target)
+                              PairStream, excluded_combinations, judge_corpus, prompt_answer_rows, sample_pair,
+                              target, vocabulary_subset)
 from saga.synth.presets import JUDGE_PRESETS, JudgePreset
 from saga.progress import progress
 from saga.utils import default_permissions, environment, resolve_device, seed_everything
@@ -88,18 +91,29 @@ def _tail(values: list[float]) -> float:
 def warm_up_reading(model, processor, spec: JudgePreset, seed: int, device: torch.device) -> dict:
     """Stage 0: the LLM reads and writes comparisons on text alone (the pair prompt without images, then the
     target of a random pair; batch i from the generator (seed, 2, i)). The values of image A cannot be predicted
-    without the image, so their loss only teaches the prior over values; the marks and the verdict are learnt."""
-    messages = [{"role": "user", "content": [{"type": "text", "text": pair_prompt("synth")}]}]
+    without the image, so their loss only teaches the prior over values; the marks, the verdict and which
+    attributes the prompt names are learnt."""
     tok = processor.tokenizer
-    prompt = torch.tensor(tok(processor.apply_chat_template(messages, add_generation_prompt=True),
-                              add_special_tokens=False)["input_ids"])
+    prompts: dict[tuple[str, ...], torch.Tensor] = {}
+
+    def prompt(vocabulary: tuple[str, ...]) -> torch.Tensor:
+        if vocabulary not in prompts:
+            messages = [{"role": "user", "content": [{"type": "text", "text": pair_prompt("synth", vocabulary)}]}]
+            prompts[vocabulary] = torch.tensor(tok(processor.apply_chat_template(messages, add_generation_prompt=True),
+                                                   add_special_tokens=False)["input_ids"])
+        return prompts[vocabulary]
+
     exclude = excluded_combinations()
 
     def batches():
         for index in itertools.count():
             rng = np.random.default_rng([seed, 2, index])
-            answers = [target(*sample_pair(rng, exclude)) for _ in range(spec.reading_batch_size)]
-            ids, labels = append_answers(tok, prompt.expand(len(answers), -1), answers)
+            vocabularies, answers = [], []
+            for _ in range(spec.reading_batch_size):
+                a, b = sample_pair(rng, exclude)
+                vocabularies.append(vocabulary_subset(rng, spec.vocabulary_subsets))
+                answers.append(target(a, b, vocabularies[-1]))
+            ids, labels = prompt_answer_rows(tok, [prompt(v) for v in vocabularies], answers)
             yield {"input_ids": ids, "labels": labels, "attention_mask": (ids != tok.pad_token_id).long()}
 
     params = [p for name, p in model.named_parameters() if not name.startswith("model.visual.")]
@@ -186,7 +200,8 @@ def pretrain_judge(out: str | Path, preset: str | JudgePreset = "tiny", seed: in
     if workers is None:
         workers = 1 if device_.type == "cpu" else max(1, _cpus() - 1)  # the GPU waits on rendering otherwise
     threads = torch.get_num_threads()
-    stream = PairStream(PairInputs(processor, spec.image_size), spec.batch_size, seed, excluded_combinations())
+    stream = PairStream(PairInputs(processor, spec.image_size), spec.batch_size, seed, excluded_combinations(),
+                        spec.vocabulary_subsets)
     start = time.perf_counter()
     try:
         if device_.type == "cpu":  # stage 0 renders nothing: every core
@@ -220,6 +235,7 @@ def pretrain_judge(out: str | Path, preset: str | JudgePreset = "tiny", seed: in
         "initial_loss": float(np.mean(losses[:max(1, min(50, steps // 10))])), "final_loss": _tail(losses), **stages,
         "excluded_world": {"num_classes": EXCLUDED_WORLD[0], "seed": EXCLUDED_WORLD[1]},
         "pair_mix": {"same": SAME_SHARE, "different_by_k": [list(m) for m in NEGATIVE_MIX]},
+        VOCABULARY_KEY: spec.vocabulary_subsets,  # its presence: prompts naming attributes were taught
         "save_dtype": save_dtype,
         "command": shlex.join(["saga", "judge", "pretrain", "--out", str(out), "--preset", name,
                                "--steps", str(steps), "--seed", str(seed), "--device", device,

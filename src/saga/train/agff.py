@@ -2,8 +2,9 @@
 
 The MLLM is the run's checkpoint (`model.backbone`, else `model.judge`: the judge's own checkpoint, not a frozen
 judge). Prompts: the global one, then one per aspect; the aspects are `agff.aspects` or, when that is None, the
-dataset's attribute groups (`saga.data.attribute_groups`: the synthetic world's attributes, CUB's groups of
-attributes.txt). The subject word is the one the judge's pair prompt uses (`saga.judge.prompts.SUBJECTS`).
+dataset's attribute vocabulary (`saga.data.dataset_vocabulary`: the synthetic world's attributes, CUB's groups of
+attributes.txt, the written lists in configs/vocabularies/). The subject word is the one the judge's pair prompt
+uses (`saga.judge.prompts.SUBJECTS`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from saga.config import TrainConfig
-from saga.data import attribute_groups
+from saga.data import dataset_vocabulary
 from saga.errors import ConfigError
 from saga.judge.prompts import SUBJECTS
 from saga.models.agff import AgffModel
@@ -22,7 +23,10 @@ def agff_prompts(cfg: TrainConfig) -> list[str]:
     in words, "bill shape"; {aspect_name}: as the dataset writes it, "bill_shape")."""
     a = cfg.agff
     subject = SUBJECTS.get(cfg.data.dataset, SUBJECTS["folder"])[0]
-    aspects = a.aspects if a.aspects is not None else attribute_groups(cfg.data.dataset, cfg.data.root)
+    aspects = a.aspects if a.aspects is not None else dataset_vocabulary(cfg.data.dataset, cfg.data.root)
+    if aspects is None:
+        raise ConfigError(f"agff.aspects: dataset {cfg.data.dataset!r} has no attribute vocabulary to take aspects "
+                          "from; list them")
     try:
         prompts = [a.global_prompt.format(subject=subject)]
         prompts += [a.aspect_prompt.format(aspect=x.replace("_", " "), aspect_name=x, subject=subject)

@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
 from saga.config import TrainConfig
-from saga.judge.prompts import attribute_reward, format_comparison, verdict_reward
+from saga.judge.prompts import attribute_reward, format_comparison, restrict, verdict_reward
 from saga.losses import LossTerms, answer_nll, attention_kl, group_advantages, grpo_loss
 from saga.registry import Registry
 from saga.train.agff import build_agff
@@ -94,8 +94,8 @@ def saga_step(parts: Parts, cfg: TrainConfig, batch: Batch, step: int) -> StepRe
                       "zero; raise grpo.max_completion_length", RuntimeWarning, stacklevel=1)
     same = [pairs.same[p] for p in rollout.pair_of.tolist()]
     rewards = torch.tensor([verdict_reward(v, s) for v, s in zip(rollout.verdicts, same, strict=True)])
-    if g.attribute_reward:  # the extension: also reward the attribute values stated correctly
-        truth = batch.attributes
+    if g.attribute_reward:  # the extension: also reward the attribute values stated correctly (those asked about)
+        truth = [restrict(attrs, judge.vocabulary) for attrs in batch.attributes]
         rewards += g.attribute_reward * torch.tensor([
             attribute_reward(text, truth[pairs.a[p]], truth[pairs.b[p]])
             for text, p in zip(rollout.texts, rollout.pair_of.tolist(), strict=True)])
@@ -125,8 +125,8 @@ def saga_step(parts: Parts, cfg: TrainConfig, batch: Batch, step: int) -> StepRe
 
     # 6. L_ATTR, the oracle diagnostic (not the paper's, saga.losses.answer_nll): the NLL of each pair's true
     #    comparison, teacher-forced through the judge. No temperature: it is not a sampled policy's log-prob.
-    if cfg.weights.attribute_nll:
-        truth = batch.attributes
+    if cfg.weights.attribute_nll:  # the comparison of the attributes the prompt names, then the class verdict
+        truth = [restrict(attrs, judge.vocabulary) for attrs in batch.attributes]
         answers = [format_comparison(truth[a], truth[b], s) for a, b, s in zip(pairs.a, pairs.b, pairs.same,
                                                                                  strict=True)]
         forced = judge.teacher_forced(pair_out, answers)

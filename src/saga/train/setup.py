@@ -17,7 +17,7 @@ from torch import nn
 from saga.config import TrainConfig
 from saga.data.base import Split
 from saga.errors import ConfigError
-from saga.judge import FrozenJudge
+from saga.judge import FrozenJudge, judge_vocabulary
 from saga.losses import ProxyLoss, build_dml_loss
 from saga.models import (ImagePreprocessor, RetrievalModel, VisionEncoder, build_pooler,
                          enable_activation_checkpointing, load_processor)
@@ -124,13 +124,14 @@ def build_parts(cfg: TrainConfig, train_split: Split, device: torch.device, worl
     judge = None
     sharded = cfg.model.judge_sharding == "fsdp"
     if method.needs_judge:
+        vocabulary = judge_vocabulary(cfg.model.vocabulary, cfg.model.judge, cfg.data.dataset, cfg.data.root)
         # A judge to shard is loaded on the CPU and sharded before it reaches the GPU (it may not fit there whole).
         judge = FrozenJudge.load(cfg.model.judge, device="cpu" if sharded else str(device),
                                  dtype=resolve_dtype(cfg.model.dtype, device),
                                  attn_implementation=cfg.model.attn_implementation,
                                  gradient_checkpointing=cfg.model.gradient_checkpointing,
                                  trust_remote_code=cfg.model.trust_remote_code, dataset=cfg.data.dataset,
-                                 shared_prefix=cfg.grpo.shared_prefix, cache=cfg.grpo.cache)
+                                 vocabulary=vocabulary, shared_prefix=cfg.grpo.shared_prefix, cache=cfg.grpo.cache)
         processor = judge.processor  # the judge reads the encoder's tokens: same patch grid as its own tower
     else:
         processor = load_processor(cfg.model.backbone or cfg.model.judge, trust_remote_code=cfg.model.trust_remote_code)
