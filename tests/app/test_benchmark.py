@@ -64,6 +64,11 @@ def test_benchmark_runs_every_row_and_seed_then_reuses_finished_runs(table, tmp_
     printed = capsys.readouterr().out
     assert printed.count("reusing") == 3 and "steps ->" not in printed
 
+    # A row whose config changed since its run finished: the old results stay, and the error says what to do.
+    assert main(["benchmark", "--config", str(table), "--seeds", "0", "--out", str(out), "optim.steps=3"]) == 2
+    assert "holds a run of another config than row 'pre-trained backbone', seed 0" in capsys.readouterr().err
+    assert (out / "pre_trained_backbone" / "seed0" / "test_metrics.json").is_file()
+
 
 def test_an_interrupted_run_resumes_from_its_last_checkpoint(table, tmp_path, capsys):
     from saga.app.benchmark import row_config

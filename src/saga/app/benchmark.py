@@ -128,6 +128,7 @@ def run_table(table: Table, seeds: list[int], out_dir: str | Path, extra: list[s
     """Train and evaluate every row for every seed; returns {row name: {seed: metrics}}. `on_result` gets the
     results so far after every run (e.g. to write a partial table that survives an interruption)."""
     from saga.app.run import train
+    from saga.app.rundir import earlier_outputs
     from saga.train.checkpoint import latest_checkpoint
 
     ensure_world(table)
@@ -139,9 +140,12 @@ def run_table(table: Table, seeds: list[int], out_dir: str | Path, extra: list[s
             metrics = _finished(cfg)
             if metrics is None:
                 # A run cut short (e.g. by a time limit) continues; `train` refuses a checkpoint of another config.
-                # One of this config cut before its first checkpoint starts again; another config's results stay
-                # (train refuses to delete them).
+                # One of this config cut before its first checkpoint starts again; another config's results stay.
                 resume = latest_checkpoint(Path(cfg.out_dir) / "checkpoints") is not None
+                if not resume and earlier_outputs(cfg.out_dir) and not _same_config(cfg):
+                    raise ConfigError(f"{cfg.out_dir}: holds a run of another config than row {row.name!r}, seed "
+                                      f"{seed} (the table, its row files or the overrides changed since); remove that "
+                                      "folder to run the row again, or give the benchmark another --out")
                 steps = "evaluation only" if cfg.eval_only else f"{cfg.optim.steps} steps"
                 print(f"== {row.name}, seed {seed}: {cfg.method}, {steps} -> {cfg.out_dir}"
                       + (" (resuming from its last checkpoint)" if resume else ""))
