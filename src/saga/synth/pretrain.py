@@ -41,15 +41,15 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from saga.errors import ConfigError
+from saga.judge.frozen import VOCABULARY_KEY
 from saga.judge.prompts import pair_prompt
 from saga.models import ImagePreprocessor, VisionEncoder, build_tiny_qwen3vl
+from saga.progress import progress
 from saga.synth import SCHEMA
-from saga.judge.frozen import VOCABULARY_KEY
 from saga.synth.pairs import (EXCLUDED_WORLD, NEGATIVE_MIX, RENDER_SIZE, SAME_SHARE, AttributeStream, PairInputs,
                               PairStream, excluded_combinations, judge_corpus, prompt_answer_rows, sample_pair,
                               target, vocabulary_subset)
 from saga.synth.presets import JUDGE_PRESETS, JudgePreset
-from saga.progress import progress
 from saga.utils import default_permissions, environment, resolve_device, seed_everything
 
 
