@@ -93,10 +93,10 @@ def _same_config(cfg: TrainConfig) -> bool:
         return False
 
 
-def _finished(cfg: TrainConfig) -> dict | None:
-    """The test metrics of an earlier run of exactly this config, if it finished."""
+def _test_metrics(cfg: TrainConfig) -> dict | None:
+    """The test metrics in cfg.out_dir, if a run there finished."""
     try:
-        return json.loads((Path(cfg.out_dir) / "test_metrics.json").read_text()) if _same_config(cfg) else None
+        return json.loads((Path(cfg.out_dir) / "test_metrics.json").read_text())
     except (OSError, ValueError):
         return None
 
@@ -137,19 +137,20 @@ def run_table(table: Table, seeds: list[int], out_dir: str | Path, extra: list[s
     for row in table.rows:
         for seed in seeds:
             cfg = row_config(table, row, seed, out_dir, extra)
-            metrics = _finished(cfg)
+            same = _same_config(cfg)
+            metrics = _test_metrics(cfg) if same else None
             if metrics is None:
                 # A run cut short (e.g. by a time limit) continues; `train` refuses a checkpoint of another config.
                 # One of this config cut before its first checkpoint starts again; another config's results stay.
                 resume = latest_checkpoint(Path(cfg.out_dir) / "checkpoints") is not None
-                if not resume and earlier_outputs(cfg.out_dir) and not _same_config(cfg):
+                if not resume and not same and earlier_outputs(cfg.out_dir):
                     raise ConfigError(f"{cfg.out_dir}: holds a run of another config than row {row.name!r}, seed "
                                       f"{seed} (the table, its row files or the overrides changed since); remove that "
                                       "folder to run the row again, or give the benchmark another --out")
                 steps = "evaluation only" if cfg.eval_only else f"{cfg.optim.steps} steps"
                 print(f"== {row.name}, seed {seed}: {cfg.method}, {steps} -> {cfg.out_dir}"
                       + (" (resuming from its last checkpoint)" if resume else ""))
-                metrics = train(cfg, resume=resume, overwrite=not resume and _same_config(cfg))["test_metrics"]
+                metrics = train(cfg, resume=resume, overwrite=not resume and same)["test_metrics"]
             else:
                 print(f"== {row.name}, seed {seed}: reusing {cfg.out_dir}")
             results.setdefault(row.name, {})[seed] = metrics
