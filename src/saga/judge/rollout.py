@@ -125,12 +125,17 @@ def assemble(tokenizer, prompt: dict[str, Tensor], completion_ids: Tensor, num_g
     )
 
 
-def answer_token_ids(tokenizer, answers: Sequence[str]) -> Tensor:
-    """(P, La) the answers' token ids, each closed by <|im_end|>, right-padded. Answers are tokenized alone: exactly
-    the tokens generation would produce."""
-    rows = [torch.tensor(a + [tokenizer.eos_token_id])
+def answer_rows(tokenizer, answers: Sequence[str]) -> list[Tensor]:
+    """Each answer's token ids, closed by <|im_end|>. Answers are tokenized alone: exactly the tokens generation
+    would produce."""
+    return [torch.tensor(a + [tokenizer.eos_token_id])
             for a in tokenizer(list(answers), add_special_tokens=False)["input_ids"]]
-    return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=tokenizer.pad_token_id)
+
+
+def answer_token_ids(tokenizer, answers: Sequence[str]) -> Tensor:
+    """(P, La) the answers' token ids (`answer_rows`), right-padded."""
+    return torch.nn.utils.rnn.pad_sequence(answer_rows(tokenizer, answers), batch_first=True,
+                                           padding_value=tokenizer.pad_token_id)
 
 
 def teacher_forced(processor, enc_out: EncoderOutput, answers: Sequence[str], *, dataset: str = "synth",

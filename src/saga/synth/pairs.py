@@ -37,6 +37,7 @@ from PIL import Image
 from torch.utils.data import IterableDataset
 
 from saga.judge.prompts import SUBJECTS, format_comparison, pair_messages, pair_prompt
+from saga.judge.rollout import answer_rows
 from saga.models import ImagePreprocessor
 from saga.synth import (ATTRIBUTE_NAMES, CLEAN, NUISANCE, SCHEMA, Combination, Nuisance, combination_pair,
                         design_world, random_combination, render)
@@ -176,8 +177,7 @@ def prompt_answer_rows(tokenizer, prompts: Sequence[torch.Tensor], answers: Sequ
     if len(prompts) != len(answers):
         raise ValueError(f"{len(prompts)} prompts for {len(answers)} answers")
     rows, labels = [], []
-    for prompt, answer in zip(prompts, tokenizer(list(answers), add_special_tokens=False)["input_ids"]):
-        answer = torch.tensor([*answer, tokenizer.eos_token_id])
+    for prompt, answer in zip(prompts, answer_rows(tokenizer, answers)):  # tokenized as generation and L_ATTR do
         rows.append(torch.cat([prompt, answer]))
         labels.append(torch.cat([torch.full_like(prompt, -100), answer]))
     pad = torch.nn.utils.rnn.pad_sequence
