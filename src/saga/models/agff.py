@@ -36,7 +36,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 from PIL import Image
 from safetensors.torch import save_file
 from torch import Tensor, nn
@@ -47,8 +46,8 @@ from saga.models.backbone import enable_activation_checkpointing, load_vlm, reso
 from saga.models.encoder import EncoderOutput, VisionEncoder
 from saga.models.inject import vision_inputs
 from saga.models.preprocess import ImagePreprocessor
-from saga.models.retrieval import (MANIFEST, MODEL_FORMATS, embed_images, load_image_processor, load_tensors,
-                                   write_folder)
+from saga.models.retrieval import (MANIFEST, MODEL_FORMATS, card_tail, embed_images, load_image_processor,
+                                   load_tensors, write_folder)
 
 FORMAT = "saga-agff/1"
 INFERENCE_IMAGES = 64  # images (one packed LLM sequence each) per forward pass without gradient
@@ -438,7 +437,6 @@ MODEL_FORMATS.register(FORMAT, AgffModel)
 def model_card(manifest: dict) -> str:
     """A README for a saved AGFF-Embed model: what it is, what it needs, its test metrics, how to use it."""
     run = manifest.get("run") or {}
-    metrics = run.get("test_metrics") or {}
     spec = manifest["trainable"]
     trained = (f"LoRA rank {spec['rank']} on {', '.join(spec['targets'])}" if spec["kind"] == "lora"
                else f"in full: {', '.join(spec['modules'])}")
@@ -452,13 +450,4 @@ def model_card(manifest: dict) -> str:
     if run.get("steps") is not None:
         lines.append(f"- training: {run['steps']} steps")
     lines += ["", "## Prompts", ""] + [f"{k + 1}. {p}" for k, p in enumerate(manifest["prompts"])]
-    if metrics:
-        lines += ["", "## Test metrics (zero-shot: test classes unseen in training)", "",
-                  "| metric | value |", "|---|---:|"]
-        lines += [f"| {k} | {100 * v:.2f} |" for k, v in metrics.items()]
-    lines += ["", "## Use", "", "```python", "import saga", "model = saga.load_model(\"<this folder>\")",
-              "embeddings = model.embed([\"a.jpg\", \"b.jpg\"])   # (2, D), unit rows", "```"]
-    if run.get("config"):
-        lines += ["", "## Training config", "", "```yaml", yaml.safe_dump(run["config"], sort_keys=False).rstrip(),
-                  "```"]
-    return "\n".join(lines) + "\n"
+    return card_tail(lines, run, shape="(2, D)")

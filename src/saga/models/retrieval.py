@@ -258,7 +258,6 @@ def write_folder(path: str | Path, write: Callable[[Path], None]) -> Path:
 def model_card(manifest: dict) -> str:
     """A README for a saved model: what it is, how it was trained and tested, how to use it."""
     run = manifest.get("run") or {}
-    metrics = run.get("test_metrics") or {}
     lines = [f"# saga retrieval model: {run.get('method', 'vision encoder')}"
              + (f" on {run['dataset']}" if run.get("dataset") else ""), "",
              "A vision encoder and pooler that map an image to one L2-normalised embedding; nearest neighbours by "
@@ -268,14 +267,21 @@ def model_card(manifest: dict) -> str:
              f"{manifest['pooler']['name']}, input: {manifest['image_size']} px squares"]
     if run.get("steps") is not None:
         lines.append(f"- training: {run['steps']} steps")
+    return card_tail(lines, run, shape="(2, E)", usage=[
+        "", "or `saga embed --model <this folder> --dataset folder --root DIR --out gallery.npz`, then "
+        "`saga search query.jpg --gallery gallery.npz`."])
+
+
+def card_tail(lines: list[str], run: dict, *, shape: str, usage: Sequence[str] = ()) -> str:
+    """A model card's `lines` followed by what every saved model's card ends with: the run's test metrics, how to
+    use the folder (the embeddings' `shape`, then `usage`) and the training config."""
+    metrics = run.get("test_metrics") or {}
     if metrics:
         lines += ["", "## Test metrics (zero-shot: test classes unseen in training)", "",
                   "| metric | value |", "|---|---:|"]
         lines += [f"| {k} | {100 * v:.2f} |" for k, v in metrics.items()]
     lines += ["", "## Use", "", "```python", "import saga", "model = saga.load_model(\"<this folder>\")",
-              "embeddings = model.embed([\"a.jpg\", \"b.jpg\"])   # (2, E), unit rows", "```", "",
-              "or `saga embed --model <this folder> --dataset folder --root DIR --out gallery.npz`, then "
-              "`saga search query.jpg --gallery gallery.npz`."]
+              f"embeddings = model.embed([\"a.jpg\", \"b.jpg\"])   # {shape}, unit rows", "```", *usage]
     if run.get("config"):
         lines += ["", "## Training config", "", "```yaml", yaml.safe_dump(run["config"], sort_keys=False).rstrip(),
                   "```"]
