@@ -43,7 +43,7 @@ from saga.train.distributed import World
 from saga.train.logger import RunLogger
 from saga.train.loop import run_loop
 from saga.train.methods import METHODS
-from saga.train.setup import Parts, build_parts
+from saga.train.setup import Parts, build_parts, require_judge
 from saga.utils import environment, seed_everything
 
 log = logging.getLogger(__name__)
@@ -71,8 +71,7 @@ def check_inputs(cfg: TrainConfig, world: World = World()) -> DatasetSplits:
     # The batches this dataset gives with these settings (enough classes, whole classes per process).
     MPerClassSampler(data.train.labels, cfg.dml.m_per_class, cfg.dml.batch_size, rank=world.rank,
                      world_size=world.size)
-    if not cfg.model.judge and (METHODS.get(cfg.method).needs_judge or cfg.model.backbone is None):
-        raise ConfigError("model.judge is not set: give the judge's hub id or local directory")
+    require_judge(cfg)
     for checkpoint in {cfg.model.judge, cfg.model.backbone} - {None, ""}:
         check_checkpoint(checkpoint)
     return data

@@ -107,13 +107,19 @@ def _dml_loss(cfg: TrainConfig, train_split: Split, width: int, device: torch.de
                           seed=cfg.seed, **{k: v for k, v in options.items() if v is not None}).to(device)
 
 
+def require_judge(cfg: TrainConfig) -> None:
+    """A ConfigError unless model.judge is set where the run needs it: a method that reads the judge, or a tower
+    taken from the judge's checkpoint (no model.backbone)."""
+    if not cfg.model.judge and (METHODS.get(cfg.method).needs_judge or cfg.model.backbone is None):
+        raise ConfigError("model.judge is not set: give the judge's hub id or local directory")
+
+
 def build_parts(cfg: TrainConfig, train_split: Split, device: torch.device, world: World = World()) -> Parts:
     """Load the judge (a method that reads it) or only the tower, then build pooler, loss and optimizer on
     `device`. A method with its own model builder (AGFF-Embed) gets that model, its loss and optimizer instead.
     world: this process among the data-parallel processes (every rank builds the same parts)."""
     method = METHODS.get(cfg.method)
-    if not cfg.model.judge and (method.needs_judge or cfg.model.backbone is None):
-        raise ConfigError("model.judge is not set: give the judge's hub id or local directory")
+    require_judge(cfg)
     if method.build_model is not None:
         model = method.build_model(cfg, device)
         dml_loss = _dml_loss(cfg, train_split, model.embed_dim, device)
